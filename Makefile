@@ -1,0 +1,37 @@
+# The README's two commands: `make run` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/keyhop.yaml
+
+.PHONY: run test lint check bench clean setup
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Serves config/keyhop.yaml; credentials come from the environment or from .env.
+run: $(STAMP)
+	@set -a; [ -f .env ] && . ./.env; set +a; exec $(BIN)/keyhop serve --config $(CONFIG)
+
+check: $(STAMP)
+	@set -a; [ -f .env ] && . ./.env; set +a; $(BIN)/keyhop check --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,6 @@
+"""keyhop: a local authenticating reverse proxy for partner APIs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

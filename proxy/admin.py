@@ -1,0 +1,99 @@
+"""keyhop's own endpoints under /-/ (SPEC 4.6): health, readiness, metrics, providers, and
+the inbound OAuth callbacks (proxy/callbacks.py)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy.errors import NoRoute
+from proxy.runtime import Keyhop
+
+if TYPE_CHECKING:
+    from proxy.forward import AccessInfo
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+async def providers_view(kh: Keyhop) -> dict[str, Any]:
+    """Per provider and tenant: credential state, expiry, last error. Never a secret."""
+    now = kh.clock()
+    stored: dict[tuple[str, str], Any] = {}
+    store_ok = True
+    try:
+        for item in await kh.store.items():
+            stored[(item.provider, item.tenant or "")] = item.credential
+    except Exception:
+        store_ok = False
+    out: dict[str, Any] = {}
+    for name, prt in kh.runtime.providers.items():
+        provider = prt.config
+        keys = {k for k in stored if k[0] == name} | {k for k in kh.manager.states if k[0] == name}
+        tenants = []
+        for key in sorted(keys):
+            credential = kh.manager.cached(*key) or stored.get(key)
+            state = kh.manager.states.get(key)
+            if credential is None:
+                status = "missing"
+            elif credential.is_expired(now):
+                status = "expired"
+            elif now >= credential.renew_at():
+                status = "renewing"
+            else:
+                status = "valid"
+            tenants.append(
+                {
+                    "tenant": key[1] or None,
+                    "state": status,
+                    "kind": credential.kind if credential else None,
+                    "expires_at": _iso(credential.expires_at) if credential else None,
+                    "renewable": bool(credential and credential.refresh_token)
+                    or provider.scheme.refetchable,
+                    "fetches": state.fetches if state else 0,
+                    "last_fetch_at": _iso(state.last_fetch_at) if state else None,
+                    "last_error": kh.runtime.redact(state.last_error)
+                    if state and state.last_error
+                    else None,
+                    "last_error_at": _iso(state.last_error_at) if state else None,
+                    "next_attempt_at": _iso(state.next_attempt)
+                    if state and state.next_attempt > now
+                    else None,
+                }
+            )
+        out[name] = {
+            "auth": provider.kind,
+            "routes": [r.prefix for r in kh.runtime.config.routes if r.provider == name],
+            "tenants_required": provider.tenants,
+            "credential": "static" if provider.kind in ("static", "none") else None,
+            "tenants": tenants,
+        }
+    return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+
+
+async def handle_admin(kh: Keyhop, request: web.Request, info: AccessInfo) -> web.StreamResponse:
+    path = request.raw_path.partition("?")[0]
+    info.route = "/-/"
+    if path == "/-/health":
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - kh.started_at)})
+    if path == "/-/ready":
+        store_ok = await kh.store.ping()
+        body = {"ready": store_ok, "store": "ok" if store_ok else "unreachable"}
+        return web.json_response(body, status=200 if store_ok else 503)
+    if path == "/-/metrics":
+        return web.Response(body=kh.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if path == "/-/providers":
+        from proxy.forward import _check_client_key
+
+        _check_client_key(kh, request)
+        return web.json_response(await providers_view(kh))
+    if path.startswith("/-/oauth/"):
+        from proxy.callbacks import handle_oauth
+
+        return await handle_oauth(kh, request, info)
+    raise NoRoute(f"no keyhop endpoint {path}")

@@ -1,0 +1,61 @@
+"""The one seam every auth type plugs into.
+
+A scheme is a small frozen dataclass with no I/O. Getting a credential is a generator
+(`CredentialFlow`) that yields HttpRequests, is sent the HttpResponses, and returns the
+Credential; forward.run_flow is the only code that does the sending. Adding a provider of
+a known kind needs YAML only; adding a kind needs one class here and one line in SCHEMES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from proxy.messages import HttpRequest, HttpResponse
+from proxy.schema import Node, Secret
+from proxy.tokens import Credential
+
+CredentialFlow = Generator[HttpRequest, HttpResponse, Credential]
+
+
+@dataclass(frozen=True)
+class SchemeContext:
+    """What a scheme's options are read against: its provider's name and base URL."""
+
+    provider: str
+    base_url: str | None  # endpoints written as paths resolve against it
+
+
+class AuthScheme(Protocol):
+    """An auth type, e.g. `oauth2_client_credentials`.
+
+    - `default_headers` are the templates sent unless the provider's `headers` override them
+      (`{token}` is the credential, `{tenant}` the tenant).
+    - `template_vars` are values known at config time (`{client_id}`, a static `{token}`).
+    - `credential_flow` returns None when the scheme needs no credential, or a flow; it raises
+      NotConnected when only a person can provide one (a login, an app install).
+    - `credential_headers` turns a credential's named fields into headers (session ids).
+    """
+
+    kind: ClassVar[str]
+    default_headers: ClassVar[Mapping[str, str]]
+    #: the credential can be fetched again at will (no person involved); drives refresh_on
+    refetchable: ClassVar[bool]
+
+    @classmethod
+    def from_options(cls, node: Node, ctx: SchemeContext) -> AuthScheme: ...
+
+    @property
+    def client_id(self) -> str | None: ...
+
+    @property
+    def signing_key(self) -> Secret | None: ...
+
+    def template_vars(self) -> Mapping[str, str | Secret]: ...
+
+    def credential_flow(
+        self, previous: Credential | None, tenant: str | None, now: float
+    ) -> CredentialFlow | None: ...
+
+    def credential_headers(self, credential: Credential) -> Mapping[str, str]: ...

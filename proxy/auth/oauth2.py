@@ -1,0 +1,250 @@
+"""OAuth2 `client_credentials` (Kibo, PayNet) and `authorization_code` with refresh (Saison).
+
+Pure: flows yield HttpRequests (RFC 6749 4.1.3, 4.4.2, 6) and parse the answers (5.1, 5.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Final
+from urllib.parse import urlencode
+
+from proxy.auth.base import CredentialFlow, SchemeContext
+from proxy.errors import NotConnected
+from proxy.messages import HttpRequest
+from proxy.schema import Node, Secret
+from proxy.tokens import Credential, parse_token_response
+
+FORM: Final = "application/x-www-form-urlencoded"
+
+
+def _basic(client_id: str, secret: Secret) -> tuple[dict[str, str], dict[str, str]]:
+    # RFC 6749 2.3.1 says to form-encode both first; Kibo wants the issued strings as they are.
+    raw = f"{client_id}:{secret.reveal()}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}, {}
+
+
+def _body(client_id: str, secret: Secret) -> tuple[dict[str, str], dict[str, str]]:
+    return {}, {"client_id": client_id, "client_secret": secret.reveal()}
+
+
+#: client authentication methods (RFC 6749 2.3.1): pure encoders of headers and form fields
+CLIENT_AUTH: Final[Mapping[str, Callable[[str, Secret], tuple[dict[str, str], dict[str, str]]]]] = {
+    "basic": _basic,
+    "body": _body,
+}
+
+
+def token_request(
+    url: str,
+    form: Mapping[str, str],
+    client_auth: str,
+    client_id: str,
+    secret: Secret,
+    extra_headers: Mapping[str, Secret],
+) -> HttpRequest:
+    auth_headers, auth_form = CLIENT_AUTH[client_auth](client_id, secret)
+    headers = {"Content-Type": FORM, "Accept": "application/json"}
+    headers.update({k: v.reveal() for k, v in extra_headers.items()})
+    headers.update(auth_headers)
+    body = urlencode({**form, **auth_form}).encode()
+    return HttpRequest("POST", url, headers, body)
+
+
+def read_secret_map(node: Node, key: str) -> dict[str, Secret]:
+    out: dict[str, Secret] = {}
+    child = node.child(key)
+    for name in child.raw:
+        value = child.secret(str(name))
+        if value is not None:
+            out[str(name)] = value
+    return out
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """RFC 6749 4.4: no refresh token; the grant is simply run again before expiry."""
+
+    kind: ClassVar[str] = "oauth2_client_credentials"
+    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
+    refetchable: ClassVar[bool] = True
+
+    provider: str
+    token_url: str
+    client_id_value: str
+    client_secret: Secret = field(repr=False)
+    client_auth: str = "basic"
+    scope: str | None = None
+    token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    token_params: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_options(cls, node: Node, ctx: SchemeContext) -> ClientCredentials:
+        return cls(
+            provider=ctx.provider,
+            token_url=node.url("token_url", required=True, base=ctx.base_url) or "",
+            client_id_value=node.string("client_id", required=True) or "",
+            client_secret=node.secret("client_secret", required=True) or Secret(""),
+            client_auth=node.choice("client_auth", sorted(CLIENT_AUTH), "basic"),
+            scope=node.string("scope"),
+            token_headers=read_secret_map(node, "token_headers"),
+            token_params=read_secret_map(node, "token_params"),
+        )
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client_id_value
+
+    @property
+    def signing_key(self) -> Secret | None:
+        return self.client_secret
+
+    def template_vars(self) -> Mapping[str, str | Secret]:
+        return {"client_id": self.client_id_value}
+
+    def credential_flow(
+        self, previous: Credential | None, tenant: str | None, now: float
+    ) -> CredentialFlow:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        form.update({k: v.reveal() for k, v in self.token_params.items()})
+        response = yield token_request(
+            self.token_url,
+            form,
+            self.client_auth,
+            self.client_id_value,
+            self.client_secret,
+            self.token_headers,
+        )
+        return parse_token_response(self.provider, response, now)
+
+    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
+        return {}
+
+
+def pkce_pair() -> tuple[str, str]:
+    """RFC 7636 4.1/4.2: a verifier and its S256 challenge."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """RFC 6749 4.1 once (a person at a browser), then 6 (refresh) for as long as it lasts.
+
+    The refresh token lives in the store; only a login can create the first one, so with
+    none stored the flow raises NotConnected naming the command and URL that connect it.
+    """
+
+    kind: ClassVar[str] = "oauth2_authorization_code"
+    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
+    refetchable: ClassVar[bool] = True
+
+    provider: str
+    authorize_url: str
+    token_url: str
+    client_id_value: str
+    client_secret: Secret = field(repr=False)
+    client_auth: str = "body"
+    scope: str | None = None
+    redirect_uri: str | None = None
+    pkce: bool = False
+    token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    authorize_params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, node: Node, ctx: SchemeContext) -> AuthorizationCode:
+        params = node.child("authorize_params")
+        return cls(
+            provider=ctx.provider,
+            authorize_url=node.url("authorize_url", required=True, base=ctx.base_url) or "",
+            token_url=node.url("token_url", required=True, base=ctx.base_url) or "",
+            client_id_value=node.string("client_id", required=True) or "",
+            client_secret=node.secret("client_secret", required=True) or Secret(""),
+            client_auth=node.choice("client_auth", sorted(CLIENT_AUTH), "body"),
+            scope=node.string("scope"),
+            redirect_uri=node.url("redirect_uri"),
+            pkce=node.boolean("pkce", False),
+            token_headers=read_secret_map(node, "token_headers"),
+            authorize_params={str(k): params.string(str(k)) or "" for k in params.raw},
+        )
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client_id_value
+
+    @property
+    def signing_key(self) -> Secret | None:
+        return self.client_secret
+
+    def template_vars(self) -> Mapping[str, str | Secret]:
+        return {"client_id": self.client_id_value}
+
+    def login_hint(self, tenant: str | None) -> str:
+        flag = f" --tenant {tenant}" if tenant else ""
+        query = f"?tenant={tenant}" if tenant else ""
+        return (
+            f"{self.provider} is not connected yet: run `keyhop login {self.provider}{flag}` "
+            f"or open /-/oauth/{self.provider}/login{query} on this proxy in a browser"
+        )
+
+    def authorization_url(
+        self, state: str, tenant: str | None, redirect_uri: str | None, challenge: str | None
+    ) -> str:
+        url = self.authorize_url.replace("{tenant}", tenant or "")
+        query = {"response_type": "code", "client_id": self.client_id_value, "state": state}
+        if redirect_uri:
+            query["redirect_uri"] = redirect_uri
+        if self.scope:
+            query["scope"] = self.scope
+        if challenge:
+            query["code_challenge"] = challenge
+            query["code_challenge_method"] = "S256"
+        query.update(self.authorize_params)
+        return url + ("&" if "?" in url else "?") + urlencode(query)
+
+    def exchange_flow(
+        self, code: str, redirect_uri: str | None, verifier: str | None, now: float
+    ) -> CredentialFlow:
+        form = {"grant_type": "authorization_code", "code": code}
+        if redirect_uri:
+            form["redirect_uri"] = redirect_uri
+        if verifier:
+            form["code_verifier"] = verifier
+        response = yield token_request(
+            self.token_url,
+            form,
+            self.client_auth,
+            self.client_id_value,
+            self.client_secret,
+            self.token_headers,
+        )
+        return parse_token_response(self.provider, response, now)
+
+    def credential_flow(
+        self, previous: Credential | None, tenant: str | None, now: float
+    ) -> CredentialFlow:
+        if previous is None or not previous.refresh_token:
+            raise NotConnected(self.login_hint(tenant), provider=self.provider)
+        return self._refresh(previous.refresh_token, now)
+
+    def _refresh(self, refresh_token: str, now: float) -> CredentialFlow:
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        response = yield token_request(
+            self.token_url,
+            form,
+            self.client_auth,
+            self.client_id_value,
+            self.client_secret,
+            self.token_headers,
+        )
+        return parse_token_response(self.provider, response, now, previous_refresh=refresh_token)
+
+    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
+        return {}

@@ -1,0 +1,130 @@
+"""The `keyhop` command (SPEC 2). Config problems go to stderr with exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from proxy import __version__
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError
+
+DEFAULT_CONFIG = os.environ.get("KEYHOP_CONFIG", "config/keyhop.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyhop", description="A local authenticating reverse proxy for partner APIs."
+    )
+    parser.add_argument("--version", action="version", version=f"keyhop {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="route map (%(default)s)")
+        return p
+
+    serve = with_config(commands.add_parser("serve", help="run the proxy"))
+    serve.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    with_config(commands.add_parser("check", help="validate the config; exit 0 or 2"))
+
+    login = with_config(commands.add_parser("login", help="authorization-code login"))
+    login.add_argument("provider")
+    login.add_argument("--tenant")
+    login.add_argument("--code", help="the code or the whole redirect URL (else asked for)")
+
+    tokens = with_config(commands.add_parser("tokens", help="what the store holds"))
+    tokens.add_argument("action", nargs="?", default="list", choices=["list", "revoke"])
+    tokens.add_argument("provider", nargs="?")
+    tokens.add_argument("--tenant")
+
+    sandbox = commands.add_parser("sandbox", help="local emulation of the five providers")
+    sandbox.add_argument("--listen", default="127.0.0.1:9090")
+    return parser
+
+
+def _load(path: str, listen: str | None = None) -> Config | None:
+    try:
+        return load_config(path, listen_override=listen)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); nothing started", file=sys.stderr)
+        return None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def _tokens(config: Config, action: str, provider: str | None, tenant: str | None) -> int:
+    from proxy.store import open_store
+
+    store = open_store(config.store)
+    await store.open()
+    try:
+        if action == "revoke":
+            if provider is None:
+                print("keyhop tokens revoke: name a PROVIDER", file=sys.stderr)
+                return 2
+            if provider not in config.providers:
+                print(f"keyhop tokens revoke: unknown provider {provider!r}", file=sys.stderr)
+                return 2
+            removed = await store.delete(provider, tenant)
+            who = provider + (f" (tenant {tenant})" if tenant else "")
+            print(f"revoked {who}" if removed else f"nothing stored for {who}")
+            return 0
+        items = await store.items()
+        if not items:
+            print(f"the store ({store.description}) holds nothing")
+            return 0
+        print(f"{'PROVIDER':<20} {'TENANT':<26} {'KIND':<8} {'REFRESH':<8} EXPIRES")
+        for item in items:
+            c = item.credential
+            print(
+                f"{item.provider:<20} {item.tenant or '-':<26} {c.kind:<8} "
+                f"{'yes' if c.refresh_token else 'no':<8} {_when(c.expires_at)}"
+            )
+        return 0
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "sandbox":
+        from proxy.sandbox import main as sandbox_main
+
+        return sandbox_main(args.listen)
+
+    config = _load(args.config, getattr(args, "listen", None))
+    if config is None:
+        return 2
+    if args.command == "check":
+        print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.providers)} providers)")
+        return 0
+    if args.command == "serve":
+        from proxy.logs import setup_logging
+        from proxy.server import run
+
+        formatter = setup_logging(args.log_level)
+        try:
+            run(config, args.config, args.listen, formatter)
+        except OSError as exc:
+            print(f"keyhop: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "tokens":
+        return asyncio.run(_tokens(config, args.action, args.provider, args.tenant))
+    if args.command == "login":
+        from proxy.login import login
+
+        return asyncio.run(login(config, args.provider, args.tenant, args.code))
+    return 2

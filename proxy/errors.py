@@ -1,0 +1,98 @@
+"""The proxy's own failures, each mapped to one SPEC 4.6 answer.
+
+    ProxyError(status, code)       -> JSON {"error": code, "message": ...}
+      ├─ BadRequest                 400 bad_request
+      ├─ NoRoute                    404 no_route
+      ├─ ClientKeyRequired          401 client_key_required
+      ├─ TenantRequired             400 tenant_required
+      ├─ NotConnected               503 not_connected
+      ├─ CredentialError            502 credential_error
+      ├─ UpstreamUnreachable        502 upstream_unreachable
+      ├─ UpstreamTimeout            504 upstream_timeout
+      └─ RateLimited                429 rate_limited (+ Retry-After)
+    ConfigError                    every problem found in a config file, listed
+
+Messages are sentences a user can act on and never carry a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ProxyError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self, message: str, *, route: str | None = None, provider: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.route = route
+        self.provider = provider
+
+    def body(self) -> dict[str, str]:
+        out = {"error": self.code, "message": self.message}
+        if self.route is not None:
+            out["route"] = self.route
+        if self.provider is not None:
+            out["provider"] = self.provider
+        return out
+
+
+class BadRequest(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class NoRoute(ProxyError):
+    status = 404
+    code = "no_route"
+
+
+class ClientKeyRequired(ProxyError):
+    status = 401
+    code = "client_key_required"
+
+
+class TenantRequired(ProxyError):
+    status = 400
+    code = "tenant_required"
+
+
+class NotConnected(ProxyError):
+    status = 503
+    code = "not_connected"
+
+
+class CredentialError(ProxyError):
+    status = 502
+    code = "credential_error"
+
+
+class UpstreamUnreachable(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, **kw: str | None) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = max(1, retry_after)
+
+
+class ConfigError(Exception):
+    """All problems of one config file; each line names file, key path and what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -1,0 +1,557 @@
+"""The proxy handler: match, credential, sign, send, stream back (SPEC 4.1).
+
+Only this module (and the admin/callback handlers) touches the network. Bodies stream both
+ways; a body is buffered only when a retry may need it, up to `replay_max_bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import WSMsgType, hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.auth import CredentialFlow
+from proxy.authorize import new_nonce, outgoing_headers
+from proxy.config import TENANT_RE, ProviderConfig
+from proxy.errors import (
+    BadRequest,
+    ClientKeyRequired,
+    CredentialError,
+    NoRoute,
+    ProxyError,
+    RateLimited,
+    TenantRequired,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from proxy.headers import clean_request_headers, clean_response_headers
+from proxy.messages import HttpRequest, HttpResponse, dotted
+from proxy.ratelimit import MAX_PACING_WAIT, reset_time, retry_after_seconds
+from proxy.routing import RouteMatch
+from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
+from proxy.tokens import Credential
+
+access_log = logging.getLogger("keyhop.access")
+log = logging.getLogger("keyhop")
+
+MAX_THROTTLE_RETRIES: Final = 2
+MAX_THROTTLE_WAIT: Final = 10.0
+MAX_TOKEN_RESPONSE: Final = 1024 * 1024
+MAX_PEEK: Final = 64 * 1024  # how much of an error body is read to match `json:` rules
+
+
+@dataclass(slots=True)
+class AccessInfo:
+    """One access-log line, filled in as the request goes (SPEC 4.7)."""
+
+    route: str | None = None
+    provider: str | None = None
+    tenant: str | None = None
+    upstream_ms: float | None = None
+    credential: str | None = None
+    error: str | None = None
+    aborted: bool = False
+
+
+class UpstreamCut(Exception):
+    """The upstream ended its body early; the client connection was aborted to match."""
+
+
+# -- credential flows --------------------------------------------------------------------------
+
+
+async def run_flow(kh: Keyhop, provider: ProviderConfig, flow: CredentialFlow) -> Credential:
+    """Drive a scheme's flow: send each request it yields, return what it returns."""
+    prt = kh.runtime.providers.get(provider.name)
+    try:
+        request = next(flow)
+        while True:
+            response = await _send_flow_request(kh, prt, provider.name, request)
+            request = flow.send(response)
+    except StopIteration as done:
+        credential: Credential = done.value
+        return credential
+    finally:
+        flow.close()
+
+
+async def _send_flow_request(
+    kh: Keyhop, prt: ProviderRuntime | None, provider: str, request: HttpRequest
+) -> HttpResponse:
+    url = URL(request.url)
+    try:
+        async with kh.http.request(
+            request.method,
+            url,
+            headers=dict(request.headers),
+            data=request.body,
+            allow_redirects=False,
+            ssl=prt.ssl if prt else True,
+            timeout=prt.timeout if prt else aiohttp.ClientTimeout(total=30),
+        ) as response:
+            body = await response.content.read(MAX_TOKEN_RESPONSE)
+            return HttpResponse(response.status, dict(response.headers), body)
+    except TimeoutError:
+        raise CredentialError(
+            f"token endpoint of {provider} ({url.host}) timed out", provider=provider
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise CredentialError(
+            f"token endpoint of {provider} ({url.host}) unreachable: {type(exc).__name__}",
+            provider=provider,
+        ) from None
+
+
+# -- the request path --------------------------------------------------------------------------
+
+
+def error_response(kh: Keyhop | None, exc: ProxyError) -> web.Response:
+    body = exc.body()
+    if kh is not None:
+        body = {k: kh.runtime.redact(v) for k, v in body.items()}
+    response = web.json_response(body, status=exc.status)
+    if isinstance(exc, RateLimited):
+        response.headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
+    return response
+
+
+def _check_client_key(kh: Keyhop, request: web.Request) -> None:
+    keys = kh.runtime.client_keys
+    if not keys:
+        return
+    given = request.headers.get("X-Keyhop-Key", "").encode()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key)
+    if not ok:
+        raise ClientKeyRequired("this proxy needs a valid X-Keyhop-Key header")
+
+
+def _tenant(request: web.Request, match: RouteMatch, provider: ProviderConfig) -> str | None:
+    if not provider.tenants:
+        return None
+    if match.route.tenant == "path":
+        tenant = match.tenant
+    else:
+        tenant = request.headers.get("X-Keyhop-Tenant")
+    tenant = tenant or provider.default_tenant
+    if not tenant:
+        how = (
+            f"the first path segment after {match.route.prefix}"
+            if match.route.tenant == "path"
+            else "an X-Keyhop-Tenant header"
+        )
+        raise TenantRequired(
+            f"{provider.name} serves several accounts: name one with {how}",
+            route=match.route.prefix,
+            provider=provider.name,
+        )
+    if not TENANT_RE.fullmatch(tenant):
+        raise BadRequest(
+            "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -",
+            route=match.route.prefix,
+            provider=provider.name,
+        )
+    return tenant
+
+
+async def _body(request: web.Request, limit: int, replay: bool) -> tuple[Any, bool]:
+    """The body to send and whether it can be sent again."""
+    if not request.body_exists:
+        return None, True
+    if not replay or (request.content_length or 0) > limit:
+        return request.content, False
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return _prefixed(b"".join(chunks), request.content), False
+
+
+async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    yield prefix
+    async for chunk in rest.iter_any():
+        yield chunk
+
+
+def _matches(rules: Any, up: aiohttp.ClientResponse, body: Any) -> bool:
+    for rule in rules:
+        if rule.matches_head(up.status, up.headers) and all(
+            dotted(body, path) == want for path, want in rule.json.items()
+        ):
+            return True
+    return False
+
+
+async def _peek(up: aiohttp.ClientResponse, rules: Any) -> tuple[Any, bytes]:
+    """Read a small body when a rule needs to see its JSON; (parsed, raw bytes read)."""
+    if not any(r.json and r.matches_head(up.status, up.headers) for r in rules):
+        return None, b""
+    raw = await up.content.read(MAX_PEEK)
+    try:
+        return json.loads(raw), raw
+    except ValueError:
+        return None, raw
+
+
+async def _send(
+    kh: Keyhop,
+    prt: ProviderRuntime,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    data: Any,
+) -> aiohttp.ClientResponse:
+    host = url.host
+    try:
+        return await kh.http.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            ssl=prt.ssl,
+            timeout=prt.timeout,
+        )
+    except aiohttp.ClientConnectorCertificateError:
+        raise UpstreamUnreachable(f"the TLS certificate of {host} could not be verified") from None
+    except aiohttp.ClientSSLError:
+        raise UpstreamUnreachable(f"the TLS handshake with {host} failed") from None
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamTimeout(
+            f"{host} did not accept a connection within {prt.config.timeouts.connect:g} s"
+        ) from None
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"{host} did not answer within {prt.config.timeouts.read:g} s"
+        ) from None
+    except aiohttp.ClientConnectorError:
+        raise UpstreamUnreachable(f"cannot connect to {host}:{url.port}") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(
+            f"{host} failed before answering ({type(exc).__name__})"
+        ) from None
+
+
+async def _stream_back(
+    request: web.Request, up: aiohttp.ClientResponse, info: AccessInfo, prefix: bytes = b""
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=up.status, reason=up.reason, headers=clean_response_headers(up.headers)
+    )
+    length = up.headers.get(hdrs.CONTENT_LENGTH)
+    if length is not None and length.isdigit():
+        response.content_length = int(length)
+    try:
+        await response.prepare(request)
+        if prefix:
+            await response.write(prefix)
+        async for chunk in up.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
+            raise  # the client went away; nothing to tell it
+        # the upstream cut its body short: the client must see a cut too, never a clean end
+        info.aborted = True
+        if request.transport is not None:
+            request.transport.abort()
+        raise UpstreamCut() from None
+    finally:
+        up.release()
+    await response.write_eof()
+    return response
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    return "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower() and bool(
+        request.headers.get(hdrs.UPGRADE)
+    )
+
+
+async def proxy_request(kh: Keyhop, request: web.Request, info: AccessInfo) -> web.StreamResponse:
+    rt = kh.runtime
+    _check_client_key(kh, request)
+    match = rt.table.match(request.raw_path)
+    if match is None:
+        raise NoRoute(f"no route matches {request.raw_path.partition('?')[0]}")
+    route = match.route
+    prt = rt.providers[route.provider]
+    provider = prt.config
+    info.route, info.provider = route.prefix, provider.name
+    tenant = _tenant(request, match, provider)
+    info.tenant = tenant
+    try:
+        return await _forward(kh, request, info, match, prt, tenant)
+    except ProxyError as exc:
+        exc.route = exc.route or route.prefix
+        exc.provider = exc.provider or provider.name
+        raise
+
+
+async def _wait_for_budget(kh: Keyhop, provider: ProviderConfig) -> None:
+    now = kh.clock()
+    until = await kh.limiter.blocked_until(provider.name)
+    if until > now:
+        if provider.retry_throttled and until - now <= MAX_THROTTLE_WAIT:
+            await asyncio.sleep(until - now)
+        else:
+            kh.metrics.throttle(provider.name, "local")
+            raise RateLimited(
+                f"{provider.name} said its request budget is spent; retry later",
+                retry_after=retry_after_seconds(until, now),
+            )
+    if provider.rate_limit is not None:
+        wait = await kh.limiter.reserve(provider.name, provider.rate_limit)
+        if wait > MAX_PACING_WAIT:
+            kh.metrics.throttle(provider.name, "local")
+            raise RateLimited(
+                f"more requests queued for {provider.name} than its rate_limit allows",
+                retry_after=retry_after_seconds(now + wait, now),
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+async def _forward(
+    kh: Keyhop,
+    request: web.Request,
+    info: AccessInfo,
+    match: RouteMatch,
+    prt: ProviderRuntime,
+    tenant: str | None,
+) -> web.StreamResponse:
+    provider = prt.config
+    route = match.route
+    upgrade = _is_upgrade(request)
+    if upgrade and not route.websocket:
+        raise BadRequest(f"protocol upgrades are not allowed on {route.prefix} (websocket: false)")
+    await _wait_for_budget(kh, provider)
+    target = match.upstream_target
+    url = URL(route.upstream.origin + target, encoded=True)
+    headers = clean_request_headers(request.headers, keep_authorization=provider.passes_client_auth)
+    credential: Credential | None = None
+    if prt.needs_credential:
+        credential, info.credential = await kh.manager.get(provider, tenant)
+    else:
+        info.credential = provider.kind
+
+    if upgrade:
+        return await _relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
+
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() == "100-continue" and request.version >= aiohttp.HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
+    data, replayable = await _body(request, provider.replay_max_bytes, want_replay)
+
+    refreshed = False
+    throttle_retries = 0
+    waited = 0.0
+    while True:
+        now = kh.clock()
+        nonce = new_nonce() if provider.sign is not None and provider.sign.type == "mac" else ""
+        for name, value in outgoing_headers(
+            provider, credential, tenant, request.method, route.upstream, target, now, nonce
+        ):
+            headers[name] = value
+        started = time.perf_counter()
+        up = await _send(kh, prt, request.method, url, headers, data)
+        elapsed = time.perf_counter() - started
+        info.upstream_ms = round(elapsed * 1000, 3)
+        kh.metrics.upstream(provider.name, elapsed)
+
+        if provider.throttle_on and _matches(provider.throttle_on, up, None):
+            kh.metrics.throttle(provider.name, "upstream")
+            until = reset_time(up.headers, kh.clock())
+            if until is not None:
+                await kh.limiter.block(provider.name, until)
+            if provider.retry_throttled and replayable:
+                delay = max(0.0, until - kh.clock()) if until is not None else 1.0
+                if throttle_retries >= MAX_THROTTLE_RETRIES or waited + delay > MAX_THROTTLE_WAIT:
+                    up.release()
+                    raise RateLimited(
+                        f"{provider.name} is throttling and asks to wait {delay:.0f} s",
+                        retry_after=retry_after_seconds(kh.clock() + delay, kh.clock()),
+                    )
+                up.release()
+                throttle_retries += 1
+                waited += delay
+                await asyncio.sleep(delay)
+                continue
+            return await _stream_back(request, up, info)
+
+        if credential is not None and not refreshed and provider.refresh_on:
+            peeked, raw = await _peek(up, provider.refresh_on)
+            if _matches(provider.refresh_on, up, peeked):
+                await kh.manager.invalidate(provider, tenant, credential)
+                if replayable:
+                    up.release()
+                    refreshed = True
+                    credential, info.credential = await kh.manager.get(provider, tenant)
+                    continue
+            return await _stream_back(request, up, info, raw)
+        return await _stream_back(request, up, info)
+
+
+async def _relay_websocket(
+    kh: Keyhop,
+    request: web.Request,
+    prt: ProviderRuntime,
+    match: RouteMatch,
+    url: URL,
+    headers: CIMultiDict[str],
+    credential: Credential | None,
+    tenant: str | None,
+) -> web.StreamResponse:
+    """Credentials at the handshake, then frames relayed both ways until either side closes."""
+    provider = prt.config
+    upstream = match.route.upstream
+    for name, value in outgoing_headers(
+        provider,
+        credential,
+        tenant,
+        "GET",
+        upstream,
+        match.upstream_target,
+        kh.clock(),
+        new_nonce(),
+    ):
+        headers[name] = value
+    for name in list(headers):
+        if name.lower().startswith("sec-websocket-"):
+            del headers[name]
+    protocols = [
+        p.strip()
+        for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")
+        if p.strip()
+    ]
+    try:
+        ws = await kh.http.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            ssl=prt.ssl,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return web.json_response(
+            {"error": "upstream_refused_upgrade", "message": f"upstream answered {exc.status}"},
+            status=502,
+        )
+    except (aiohttp.ClientError, TimeoutError):
+        raise UpstreamUnreachable(f"cannot open a WebSocket to {url.host}") from None
+    client = web.WebSocketResponse(protocols=[ws.protocol] if ws.protocol else ())
+    await client.prepare(request)
+
+    async def pump(
+        source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    ) -> None:
+        async for msg in source:
+            if msg.type == WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            else:
+                break
+        await sink.close()
+
+    tasks = [asyncio.create_task(pump(client, ws)), asyncio.create_task(pump(ws, client))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ws.close()
+        await client.close()
+    return client
+
+
+# -- the one entry point -----------------------------------------------------------------------
+
+
+def _log_access(
+    request: web.Request, info: AccessInfo, status: int, started: float, kh: Keyhop | None
+) -> None:
+    path, _, query = request.raw_path.partition("?")
+    record: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "route": info.route,
+        "provider": info.provider,
+        "tenant": info.tenant,
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "upstream_ms": info.upstream_ms,
+        "credential": info.credential,
+    }
+    if query:  # names only: a query can carry codes and keys
+        record["query_keys"] = sorted({p.partition("=")[0] for p in query.split("&") if p})
+    if info.error:
+        record["error"] = info.error
+    if info.aborted:
+        record["aborted"] = True
+    line = json.dumps(record, separators=(",", ":"))
+    access_log.info(kh.runtime.redact(line) if kh else line)
+    if kh is not None:
+        kh.metrics.request(info.route or "", info.provider or "", status)
+
+
+@web.middleware
+async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every request lands here; aiohttp's router (and `handler`) is not used: it would
+    match decoded paths and follow absolute-form targets."""
+    del handler
+    from proxy.admin import handle_admin
+
+    kh = request.app[KEYHOP]
+    started = time.perf_counter()
+    info = AccessInfo()
+    status = 500
+    try:
+        target = request.raw_path
+        if request.method == hdrs.METH_CONNECT or not target.startswith("/"):
+            raise BadRequest("only origin-form request targets (/path) are accepted")
+        if target.startswith("/-/"):
+            response = await handle_admin(kh, request, info)
+        else:
+            response = await proxy_request(kh, request, info)
+        status = response.status
+        return response
+    except ProxyError as exc:
+        info.error = exc.code
+        status = exc.status
+        return error_response(kh, exc)
+    except UpstreamCut:
+        status = 502
+        raise
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+        info.aborted = True
+        status = 499  # nginx's "client closed request"
+        raise
+    except Exception:
+        log.exception("unexpected error handling a request")
+        info.error = "internal_error"
+        status = 500
+        return web.json_response(
+            {"error": "internal_error", "message": "keyhop failed; see its log"}, status=500
+        )
+    finally:
+        _log_access(request, info, status, started, kh)

@@ -1,0 +1,76 @@
+"""Which headers cross keyhop, both ways (SPEC 4.1, RFC 9110 7.6.1). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: RFC 9110 7.6.1 hop-by-hop fields, plus the non-standard ones still seen in the wild
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: request fields keyhop sets itself: the upstream's own Host, and Expect handled locally
+_REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
+_RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
+KEYHOP_PREFIX: Final = "x-keyhop-"
+
+#: what a rate-limited upstream answer carries; always passed back untouched
+RATE_LIMIT_PREFIXES: Final = ("x-plan-qps-", "x-plan-quota-", "x-ratelimit-", "retry-after")
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """Header names listed in Connection, lower-cased (RFC 9110 7.6.1)."""
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def clean_request_headers(
+    headers: CIMultiDictProxy[str], *, keep_authorization: bool
+) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop, Connection-named, X-Keyhop-* and Authorization.
+
+    Runs before keyhop adds its own headers, so a client's `Connection: Authorization`
+    removes only the client's header, never what keyhop adds afterwards.
+    """
+    named = connection_tokens(headers.getall("Connection", ()))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if (
+            lower in _REQUEST_OWN
+            or lower in named
+            or lower.startswith(KEYHOP_PREFIX)
+            or (lower == "authorization" and not keep_authorization)
+        ):
+            continue
+        out.add(name, value)
+    return out
+
+
+def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's headers minus hop-by-hop and Connection-named ones.
+
+    Content-Length is dropped here only because the response object sets it itself.
+    """
+    named = connection_tokens(headers.getall("Connection", ()))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _RESPONSE_OWN or lower in named:
+            continue
+        out.add(name, value)
+    return out

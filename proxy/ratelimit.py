@@ -1,0 +1,96 @@
+"""Client-side pacing and the upstream's "budget spent" signal (SPEC 4.1).
+
+Pacing is GCRA (the virtual-scheduling form of a token bucket): each request reserves the
+next slot and waits for it. `blocked_until` remembers when an upstream said its budget
+resets, so keyhop answers 429 itself instead of sending requests that would be refused.
+The Redis engine (proxy/redis_store.py) implements the same two calls across replicas.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+from proxy.config import RateLimit
+
+MAX_PACING_WAIT: Final = 30.0  # a queue longer than this is answered 429, not held
+
+
+class Limiter(Protocol):
+    async def reserve(self, provider: str, limit: RateLimit) -> float:
+        """Seconds to wait before sending (a slot is reserved for the caller)."""
+        ...
+
+    async def blocked_until(self, provider: str) -> float: ...
+    async def block(self, provider: str, until: float) -> None: ...
+
+
+class LocalLimiter:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._blocked: dict[str, float] = {}
+
+    async def reserve(self, provider: str, limit: RateLimit) -> float:
+        now = self._clock()
+        interval = 1.0 / limit.per_second
+        tolerance = (limit.burst - 1.0) * interval
+        tat = max(self._tat.get(provider, now), now)
+        wait = max(0.0, tat - tolerance - now)
+        if wait > MAX_PACING_WAIT:
+            return wait  # not reserved: the caller answers 429
+        self._tat[provider] = tat + interval
+        return wait
+
+    async def blocked_until(self, provider: str) -> float:
+        return self._blocked.get(provider, 0.0)
+
+    async def block(self, provider: str, until: float) -> None:
+        if until > self._blocked.get(provider, 0.0):
+            self._blocked[provider] = until
+
+
+def _parse_kibo_date(text: str) -> float | None:
+    # Mashery's long form, e.g. "Tuesday, January 16, 2024 3:04:05 PM GMT"
+    for fmt in ("%A, %B %d, %Y %I:%M:%S %p %Z", "%A, %B %d, %Y %H:%M:%S %Z"):
+        try:
+            return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def reset_time(headers: Mapping[str, str], now: float) -> float | None:
+    """When the upstream says its budget is back: Retry-After (seconds or HTTP date, RFC 9110
+    10.2.3) first, then Kibo's X-Plan-Quota-Reset. None when it does not say."""
+    retry_after = headers.get("Retry-After")
+    if retry_after is not None:
+        value = retry_after.strip()
+        if value.isdigit():
+            return now + int(value)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return max(now, parsed.timestamp())
+    reset = headers.get("X-Plan-Quota-Reset")
+    if reset is not None:
+        parsed_reset = _parse_kibo_date(reset)
+        if parsed_reset is None:
+            try:
+                parsed_reset = email.utils.parsedate_to_datetime(reset).timestamp()
+            except (TypeError, ValueError):
+                return None
+        return max(now, parsed_reset)
+    return None
+
+
+def retry_after_seconds(until: float, now: float) -> int:
+    return max(1, math.ceil(until - now))

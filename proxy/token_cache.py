@@ -1,0 +1,251 @@
+"""Credentials per provider and tenant: memory first, then the store, then the provider.
+
+- The hot path is one TLRUCache lookup (entries vanish at their real expiry).
+- Inside the renewal margin (SPEC 4.4) the current token keeps serving while one
+  background task renews it.
+- One fetch per key at a time: an asyncio.Lock in this process (check, lock, re-check) and
+  the store's fetch lock across processes; waiters pick up the winner's result from the store.
+- A failing token endpoint gets backoff (1 s doubling to 60 s, jittered): at most one token
+  request per step, the still-valid token serving until its real expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
+
+from cachetools import TLRUCache
+
+from proxy.auth import CredentialFlow
+from proxy.config import ProviderConfig
+from proxy.errors import CredentialError, NotConnected
+from proxy.store import Store
+from proxy.tokens import Credential
+
+LOCK_TTL: Final = 30.0  # SPEC 4.4: a dead lock holder blocks the others at most this long
+BACKOFF_FIRST: Final = 1.0
+BACKOFF_MAX: Final = 60.0
+POLL_INTERVAL: Final = 0.05
+
+Key = tuple[str, str]
+FlowRunner = Callable[[ProviderConfig, CredentialFlow], Awaitable[Credential]]
+
+
+class FetchObserver(Protocol):
+    def token_fetch(self, provider: str, ok: bool) -> None: ...
+
+
+@dataclass
+class KeyState:
+    """What /-/providers shows for one provider and tenant; never the credential itself."""
+
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_fetch_at: float | None = None
+    fetches: int = 0
+
+
+def _ttu(_key: Key, credential: Credential, _now: float) -> float:
+    return math.inf if credential.expires_at is None else credential.expires_at
+
+
+class CredentialManager:
+    def __init__(
+        self,
+        store: Store,
+        runner: FlowRunner,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: FetchObserver | None = None,
+        maxsize: int = 100_000,
+    ) -> None:
+        self.store = store
+        self._runner = runner
+        self._clock = clock
+        self._observer = observer
+        self._cache: TLRUCache[Key, Credential] = TLRUCache(maxsize, ttu=_ttu, timer=clock)
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._renewing: dict[Key, asyncio.Task[None]] = {}
+        self.states: dict[Key, KeyState] = {}
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def get(self, provider: ProviderConfig, tenant: str | None) -> tuple[Credential, str]:
+        """A usable credential and where it came from: memory, store or fetched."""
+        key = (provider.name, tenant or "")
+        credential = self._cache.get(key)
+        if credential is not None:
+            if self._clock() >= credential.renew_at():
+                self._renew_in_background(provider, tenant, credential)
+            return credential, "memory"
+        return await self._obtain(provider, tenant, stale=None)
+
+    async def invalidate(
+        self, provider: ProviderConfig, tenant: str | None, failed: Credential
+    ) -> None:
+        """The upstream refused `failed`: stop using it, unless a newer one already replaced it.
+
+        The stored record is kept with its expiry set to now, so a refresh token or session
+        survives and the next get() renews from it.
+        """
+        key = (provider.name, tenant or "")
+        current = self._cache.get(key)
+        if current is not None and current.token == failed.token:
+            del self._cache[key]
+        stored = await self.store.get(provider.name, tenant)
+        if (
+            stored is not None
+            and stored.token == failed.token
+            and not stored.is_expired(self._clock())
+        ):
+            await self.store.put(provider.name, tenant, replace(stored, expires_at=self._clock()))
+
+    def forget(self, provider: str, tenant: str | None = None) -> None:
+        """Drop cached credentials of a provider (a reload changed it, or a revoke)."""
+        for key in [k for k in self._cache if k[0] == provider and tenant in (None, k[1])]:
+            self._cache.pop(key, None)
+
+    async def remember(self, provider: str, tenant: str | None, credential: Credential) -> None:
+        """Store a credential obtained outside get() (a login callback, an app install)."""
+        await self.store.put(provider, tenant, credential)
+        self._cache[(provider, tenant or "")] = credential
+
+    def cached(self, provider: str, tenant: str | None) -> Credential | None:
+        return self._cache.get((provider, tenant or ""))
+
+    # -- obtaining -----------------------------------------------------------------------------
+
+    def _renew_in_background(
+        self, provider: ProviderConfig, tenant: str | None, stale: Credential
+    ) -> None:
+        key = (provider.name, tenant or "")
+        if key in self._renewing:
+            return
+
+        async def renew() -> None:
+            try:
+                await self._obtain(provider, tenant, stale=stale)
+            except (CredentialError, NotConnected):
+                pass  # recorded in the key's state; the old token serves until it expires
+            finally:
+                self._renewing.pop(key, None)
+
+        self._renewing[key] = asyncio.create_task(renew())
+
+    async def _obtain(
+        self, provider: ProviderConfig, tenant: str | None, stale: Credential | None
+    ) -> tuple[Credential, str]:
+        key = (provider.name, tenant or "")
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        async with lock:
+            now = self._clock()
+            cached = self._cache.get(key)
+            if cached is not None and cached is not stale and now < cached.renew_at():
+                return cached, "memory"
+            stored = await self.store.get(provider.name, tenant)
+            if self._usable_newer(stored, stale, now):
+                assert stored is not None
+                self._cache[key] = stored
+                return stored, "store"
+            previous = stored or stale
+            return await self._fetch(provider, tenant, previous), "fetched"
+
+    def _usable_newer(
+        self, stored: Credential | None, stale: Credential | None, now: float
+    ) -> bool:
+        return (
+            stored is not None
+            and (stale is None or stored.token != stale.token)
+            and now < stored.renew_at()
+        )
+
+    async def _fetch(
+        self, provider: ProviderConfig, tenant: str | None, previous: Credential | None
+    ) -> Credential:
+        key = (provider.name, tenant or "")
+        state = self.states.setdefault(key, KeyState())
+        now = self._clock()
+        if now < state.next_attempt:
+            return self._fallback(provider, previous, state, now)
+        owner = await self.store.acquire(provider.name, tenant, LOCK_TTL)
+        while owner is None:
+            # another process is fetching: take its result from the store when it lands
+            await asyncio.sleep(POLL_INTERVAL)
+            stored = await self.store.get(provider.name, tenant)
+            if self._usable_newer(stored, previous, self._clock()):
+                assert stored is not None
+                self._cache[key] = stored
+                return stored
+            owner = await self.store.acquire(provider.name, tenant, LOCK_TTL)
+        try:
+            # the holder before us may have written a newer one just now
+            stored = await self.store.get(provider.name, tenant)
+            if self._usable_newer(stored, previous, self._clock()):
+                assert stored is not None
+                self._cache[key] = stored
+                return stored
+            previous = stored or previous
+            flow = provider.scheme.credential_flow(previous, tenant, self._clock())
+            if flow is None:
+                raise CredentialError(f"{provider.name} has no credential to fetch")
+            state.fetches += 1
+            state.last_fetch_at = self._clock()
+            try:
+                credential = await self._runner(provider, flow)
+            except CredentialError as exc:
+                self._observe(provider.name, ok=False)
+                state.failures += 1
+                step = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (state.failures - 1))
+                state.next_attempt = self._clock() + step * random.uniform(1.0, 1.25)
+                state.last_error = exc.message
+                state.last_error_at = self._clock()
+                return self._fallback(provider, previous, state, self._clock(), exc)
+            self._observe(provider.name, ok=True)
+            # persisted before first use: a rotated refresh token must never be lost
+            await self.store.put(provider.name, tenant, credential)
+            self._cache[key] = credential
+            state.failures = 0
+            state.next_attempt = 0.0
+            state.last_error = None
+            return credential
+        finally:
+            await self.store.release(provider.name, tenant, owner)
+
+    def _fallback(
+        self,
+        provider: ProviderConfig,
+        previous: Credential | None,
+        state: KeyState,
+        now: float,
+        exc: CredentialError | None = None,
+    ) -> Credential:
+        """While backing off: the old credential until its real expiry, then the error."""
+        if previous is not None and not previous.is_expired(now):
+            return previous
+        if exc is not None:
+            raise exc
+        wait = max(1, math.ceil(state.next_attempt - now))
+        raise CredentialError(
+            f"could not get a credential for {provider.name}: {state.last_error}; "
+            f"next attempt in {wait} s",
+            provider=provider.name,
+        )
+
+    def _observe(self, provider: str, ok: bool) -> None:
+        if self._observer is not None:
+            self._observer.token_fetch(provider, ok)
+
+    async def close(self) -> None:
+        tasks = list(self._renewing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
