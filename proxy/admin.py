@@ -82,9 +82,15 @@ async def handle_admin(kh: Keyhop, request: web.Request, info: AccessInfo) -> we
     if path == "/-/health":
         return web.json_response({"status": "ok", "uptime_s": round(time.time() - kh.started_at)})
     if path == "/-/ready":
+        # an unreachable store degrades keyhop (memory only) but does not stop it serving
         store_ok = await kh.store.ping()
-        body = {"ready": store_ok, "store": "ok" if store_ok else "unreachable"}
-        return web.json_response(body, status=200 if store_ok else 503)
+        body = {
+            "ready": True,
+            "store": kh.store.description,
+            "store_ok": store_ok,
+            "degraded": not store_ok,
+        }
+        return web.json_response(body)
     if path == "/-/metrics":
         return web.Response(body=kh.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if path == "/-/providers":

@@ -11,7 +11,8 @@ from proxy.auth import CredentialFlow
 from proxy.config import Config, ProviderConfig
 from proxy.forward import dispatch, run_flow
 from proxy.metrics import Metrics
-from proxy.ratelimit import LocalLimiter
+from proxy.ratelimit import Limiter, LocalLimiter
+from proxy.redis_store import RedisLimiter, RedisStore
 from proxy.runtime import KEYHOP, Keyhop, Runtime
 from proxy.store import Store, open_store
 from proxy.token_cache import CredentialManager
@@ -50,10 +51,14 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     app = web.Application(middlewares=[dispatch], handler_args={"max_field_size": 16384})
+    store = store if store is not None else open_store(config.store)
+    limiter: Limiter = LocalLimiter(clock)
+    if isinstance(store, RedisStore):
+        limiter = RedisLimiter(store, clock)  # one budget across replicas
     app[KEYHOP] = Keyhop(
         runtime=Runtime(config),
-        store=store if store is not None else open_store(config.store),
-        limiter=LocalLimiter(clock),
+        store=store,
+        limiter=limiter,
         metrics=Metrics(),
         clock=clock,
     )

@@ -301,7 +301,8 @@ def _read_provider(
     for lower, wanted_value in wanted.items():
         if wanted_value is not None:
             template = compile_template(hnode, names[lower], wanted_value, static)
-            if template is not None:
+            # a header that is empty once filled in is "not configured": it is not sent
+            if template is not None and template.parts != ("",):
                 headers.append(template)
 
     sign = None
@@ -470,6 +471,13 @@ def parse_config(
         if parsed is not None:
             providers[str(name)] = parsed
     for i, route in enumerate(routes):
+        known_provider = providers.get(route.provider)
+        if route.tenant == "path" and known_provider is not None and not known_provider.tenants:
+            problems.add(
+                f"routes[{i}].tenant",
+                f"'path' needs a provider with several accounts; {route.provider} has no "
+                "`tenants: true`",
+            )
         if route.provider not in pnode.raw:
             known = ", ".join(sorted(map(str, pnode.raw))) or "none defined"
             problems.add(

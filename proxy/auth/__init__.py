@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Final
 
+from proxy.auth.app_install import AppInstall
 from proxy.auth.base import AuthScheme, CredentialFlow, SchemeContext
 from proxy.auth.oauth2 import AuthorizationCode, ClientCredentials
+from proxy.auth.session_login import SessionLogin
 from proxy.auth.static_key import NoAuth, StaticKey
 from proxy.schema import Node
 
 SCHEMES: Final[dict[str, type[AuthScheme]]] = {
-    cls.kind: cls for cls in (StaticKey, NoAuth, ClientCredentials, AuthorizationCode)
+    cls.kind: cls
+    for cls in (StaticKey, NoAuth, ClientCredentials, AuthorizationCode, AppInstall, SessionLogin)
 }
 
 
