@@ -25,6 +25,7 @@ from proxy.schema import Node, Problems, Secret, describe, is_url
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
+PROVIDER_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 TENANT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 _INTERP: Final = re.compile(r"\$\$|\$\{([^}]*)\}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -465,6 +466,12 @@ def parse_config(
     providers: dict[str, ProviderConfig] = {}
     for name in pnode.raw:
         pnode.get(str(name))
+        if not PROVIDER_RE.fullmatch(str(name)):
+            problems.add(
+                f"providers.{name}",
+                "a provider name is letters, digits, '_', '.' or '-', starting with a letter",
+            )
+            continue
         first = next((r for r in routes if r.provider == name), None)
         base = first.upstream.origin if first else None
         parsed = _read_provider(str(name), pnode.raw[name], base, problems, root)

@@ -542,6 +542,9 @@ async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
     except UpstreamCut:
         status = 502
         raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
     except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
         info.aborted = True
         status = 499  # nginx's "client closed request"
