@@ -69,6 +69,8 @@ class NotConnected(ProxyError):
 class CredentialError(ProxyError):
     status = 502
     code = "credential_error"
+    #: the provider's own error code (RFC 6749 5.2 `error`), when it gave one
+    vendor_code: str | None = None
 
 
 class UpstreamUnreachable(ProxyError):

@@ -50,6 +50,7 @@ class KeyState:
     last_error_at: float | None = None
     last_fetch_at: float | None = None
     fetches: int = 0
+    last_exception: CredentialError | NotConnected | None = None
 
 
 def _ttu(_key: Key, credential: Credential, _now: float) -> float:
@@ -194,15 +195,11 @@ class CredentialManager:
                 self._cache[key] = stored
                 return stored
             previous = stored or previous
-            flow = provider.scheme.credential_flow(previous, tenant, self._clock())
-            if flow is None:
-                raise CredentialError(f"{provider.name} has no credential to fetch")
-            state.fetches += 1
-            state.last_fetch_at = self._clock()
             try:
-                credential = await self._runner(provider, flow)
-            except CredentialError as exc:
+                credential = await self._run(provider, tenant, previous, state)
+            except (CredentialError, NotConnected) as exc:
                 self._observe(provider.name, ok=False)
+                state.last_exception = exc
                 state.failures += 1
                 step = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (state.failures - 1))
                 state.next_attempt = self._clock() + step * random.uniform(1.0, 1.25)
@@ -220,13 +217,54 @@ class CredentialManager:
         finally:
             await self.store.release(provider.name, tenant, owner)
 
+    async def _run(
+        self,
+        provider: ProviderConfig,
+        tenant: str | None,
+        previous: Credential | None,
+        state: KeyState,
+    ) -> Credential:
+        for attempt in range(2):
+            flow = provider.scheme.credential_flow(previous, tenant, self._clock())
+            if flow is None:
+                raise CredentialError(f"{provider.name} has no credential to fetch")
+            state.fetches += 1
+            state.last_fetch_at = self._clock()
+            try:
+                return await self._runner(provider, flow)
+            except CredentialError as exc:
+                if exc.vendor_code != "invalid_grant" or previous is None:
+                    raise
+                # a lost rotation race: another process refreshed with the same token and
+                # stored the new one; use that instead of giving up (SPEC 4.4)
+                latest = await self.store.get(provider.name, tenant)
+                if (
+                    attempt == 0
+                    and latest is not None
+                    and latest.refresh_token
+                    and latest.refresh_token != previous.refresh_token
+                ):
+                    if self._clock() < latest.renew_at():
+                        return latest
+                    previous = latest
+                    continue
+                hint = getattr(provider.scheme, "login_hint", None)
+                if hint is not None:
+                    raise NotConnected(
+                        f"the stored login for {provider.name} is no longer accepted; "
+                        + hint(tenant),
+                        provider=provider.name,
+                    ) from None
+                raise
+        raise AssertionError("unreachable")
+
     def _fallback(
         self,
         provider: ProviderConfig,
         previous: Credential | None,
         state: KeyState,
         now: float,
-        exc: CredentialError | None = None,
+        exc: CredentialError | NotConnected | None = None,
     ) -> Credential:
         """While backing off: the old credential until its real expiry, then the error."""
         if previous is not None and not previous.is_expired(now):
@@ -234,6 +272,8 @@ class CredentialManager:
         if exc is not None:
             raise exc
         wait = max(1, math.ceil(state.next_attempt - now))
+        if isinstance(state.last_exception, NotConnected):
+            raise NotConnected(state.last_exception.message, provider=provider.name)
         raise CredentialError(
             f"could not get a credential for {provider.name}: {state.last_error}; "
             f"next attempt in {wait} s",

@@ -74,10 +74,12 @@ def token_error(provider: str, response: HttpResponse) -> CredentialError:
     body = response.json()
     code = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(code, str) and code and len(code) <= 64 and code.isprintable():
-        return CredentialError(
+        error = CredentialError(
             f"token endpoint of {provider} refused: {code} (HTTP {response.status})",
             provider=provider,
         )
+        error.vendor_code = code
+        return error
     return CredentialError(
         f"token endpoint of {provider} answered HTTP {response.status}", provider=provider
     )

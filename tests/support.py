@@ -52,7 +52,7 @@ class KeyhopProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> KeyhopProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
