@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/keyhop.yaml
 
-.PHONY: run test lint check bench clean setup
+.PHONY: run test lint check bench clean setup redis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check proxy tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# The replica tests start a real redis-server on a free loopback port: install it if missing.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+test: $(STAMP) lint redis
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -35,7 +35,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     async def runner(provider: ProviderConfig, flow: CredentialFlow) -> Credential:
         return await run_flow(kh, provider, flow)
 
-    kh.credentials = CredentialManager(kh.store, runner, clock=kh.clock, observer=kh.metrics)
+    kh.credentials = CredentialManager(
+        kh.store,
+        runner,
+        clock=kh.clock,
+        observer=kh.metrics,
+        lock_ttl=kh.runtime.config.fetch_lock_ttl,
+    )
     try:
         yield
     finally:

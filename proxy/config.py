@@ -150,6 +150,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     routes: tuple[Route, ...]
     drain_timeout: float = 30.0
+    fetch_lock_ttl: float = 30.0
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
@@ -494,6 +495,7 @@ def parse_config(
         problems.add("routes", "no routes: keyhop would have nothing to forward")
 
     drain = root.number("drain_timeout", 30.0, minimum=0.0)
+    lock_ttl = root.number("fetch_lock_ttl", 30.0, minimum=1.0)
     root.integer("replay_max_bytes", DEFAULT_REPLAY_MAX_BYTES)
     root.finish()
     if problems.items:
@@ -516,6 +518,7 @@ def parse_config(
         providers=providers,
         routes=tuple(routes),
         drain_timeout=drain,
+        fetch_lock_ttl=lock_ttl,
         secrets=frozenset(s for s in secrets if len(s) >= 4),
     )
 

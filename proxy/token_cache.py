@@ -66,7 +66,9 @@ class CredentialManager:
         clock: Callable[[], float] = time.time,
         observer: FetchObserver | None = None,
         maxsize: int = 100_000,
+        lock_ttl: float = LOCK_TTL,
     ) -> None:
+        self.lock_ttl = lock_ttl
         self.store = store
         self._runner = runner
         self._clock = clock
@@ -177,7 +179,7 @@ class CredentialManager:
         now = self._clock()
         if now < state.next_attempt:
             return self._fallback(provider, previous, state, now)
-        owner = await self.store.acquire(provider.name, tenant, LOCK_TTL)
+        owner = await self.store.acquire(provider.name, tenant, self.lock_ttl)
         while owner is None:
             # another process is fetching: take its result from the store when it lands
             await asyncio.sleep(POLL_INTERVAL)
@@ -186,7 +188,7 @@ class CredentialManager:
                 assert stored is not None
                 self._cache[key] = stored
                 return stored
-            owner = await self.store.acquire(provider.name, tenant, LOCK_TTL)
+            owner = await self.store.acquire(provider.name, tenant, self.lock_ttl)
         try:
             # the holder before us may have written a newer one just now
             stored = await self.store.get(provider.name, tenant)

@@ -1,10 +1,29 @@
-"""`keyhop sandbox`: local emulation of the five providers' auth."""
+"""`keyhop sandbox`: local emulation of the five providers' auth.
+
+The same fakes serve the test suite (each `Fake*.app` on its own test server) and the
+`keyhop sandbox` command (all five mounted on one server by `build_sandbox`), so the tests
+exercise exactly what a user tries. Fixed credentials: `proxy.sandbox.credentials`.
+"""
 
 from __future__ import annotations
 
-import sys
+from proxy.sandbox.base import FakeProvider
+from proxy.sandbox.kibo import FakeKibo
+from proxy.sandbox.paynet import FakePayNet
+from proxy.sandbox.saison import FakeSaison
+from proxy.sandbox.server import FAKES, build_sandbox, main, parse_listen
+from proxy.sandbox.sesami import FakeSesami
+from proxy.sandbox.spaaza import FakeSpaaza
 
-
-def main(listen: str) -> int:
-    print("keyhop sandbox: not available in this build", file=sys.stderr)
-    return 2
+__all__ = [
+    "FAKES",
+    "FakeKibo",
+    "FakePayNet",
+    "FakeProvider",
+    "FakeSaison",
+    "FakeSesami",
+    "FakeSpaaza",
+    "build_sandbox",
+    "main",
+    "parse_listen",
+]

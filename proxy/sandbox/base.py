@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final, Literal, cast
+from typing import Any, ClassVar, Final, Literal
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -253,7 +253,7 @@ class FakeProvider:
             raise ValueError("status must be an HTTP status")
         if seconds < 0 or (duration is not None and duration < 0):
             raise ValueError("seconds and duration must not be negative")
-        self._fail_mode = cast(FailMode, mode)
+        self._fail_mode = mode
         self._fail_status = status
         self._fail_delay = seconds
         self._fail_until = self.clock() + (seconds if duration is None else duration)

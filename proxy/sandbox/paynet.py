@@ -97,7 +97,9 @@ class FakePayNet(FakeProvider):
         now = self.clock()
         if token is None or expiry is None or expiry <= now:
             return json_error(
-                401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                401,
+                {"error": "invalid_token"},
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         fiid = request.headers.get("X-Fiid", "")
         if not same(fiid, self.fiid):

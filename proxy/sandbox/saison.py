@@ -265,8 +265,10 @@ class FakeSaison(FakeProvider):
             code = self._codes.pop(str(form.get("code", "")), None)
             given_redirect = form.get("redirect_uri")
             # RFC 6749 4.1.3: a redirect_uri sent with the exchange must match the login's
-            mismatch = given_redirect is not None and code is not None and (
-                code.redirect_uri is not None and given_redirect != code.redirect_uri
+            mismatch = (
+                given_redirect is not None
+                and code is not None
+                and (code.redirect_uri is not None and given_redirect != code.redirect_uri)
             )
             if code is None or code.expires <= self.clock() or mismatch:
                 return json_error(400, {"error": "invalid_grant"})
