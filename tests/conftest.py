@@ -16,6 +16,7 @@ from yarl import URL
 from proxy.app import create_app
 from proxy.config import Config, parse_config
 from proxy.store import MemoryStore, Store
+from tests.redis_server import RedisServer
 from tests.support import KeyhopProcess
 
 
@@ -129,3 +130,11 @@ def echo_app() -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real redis-server per test (stopped by PID)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
