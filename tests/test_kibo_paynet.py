@@ -401,7 +401,7 @@ async def test_no_secret_reaches_a_log_line_or_an_answer(
     kibo.revoke_tokens()
     kibo.fail_token(60)
     bodies.append(await (await client.get("/kibo/api/c")).text())
-    logs = [r.getMessage() for r in caplog.records]
+    logs = [r.getMessage() for r in caplog.records if r.name.startswith("keyhop")]
     assert_no_secrets(logs + bodies, [KIBO_SECRET, PAYNET_SECRET, *tokens])
     assert_no_secrets(logs, ["code=abc", '"abc"'])  # query values are never logged
     texts = logs
