@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Final, TypeVar
 
 import redis.asyncio as redis
@@ -52,6 +53,20 @@ redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX',
 return tostring(wait)
 """
 
+# Compare-and-set expiry of a stored credential (see Store.expire).
+_EXPIRE: Final = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local data = cjson.decode(raw)
+if data['token'] ~= ARGV[1] then return 0 end
+local at = tonumber(ARGV[2])
+if data['expires_at'] == cjson.null or data['expires_at'] == nil or data['expires_at'] > at then
+  data['expires_at'] = at
+end
+redis.call('SET', KEYS[1], cjson.encode(data))
+return 1
+"""
+
 _BLOCK: Final = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local wanted = tonumber(ARGV[1])
@@ -75,6 +90,7 @@ class RedisStore:
             health_check_interval=5,
         )
         self._release = self._client.register_script(_RELEASE)
+        self._expire = self._client.register_script(_EXPIRE)
         self.healthy = True
         self._pending: dict[str, str] = {}  # writes to replay once Redis is back
 
@@ -133,6 +149,15 @@ class RedisStore:
         self._pending.pop(key, None)
         removed = await self._call(lambda: self._client.delete(key), 0)
         return bool(removed)
+
+    async def expire(self, provider: str, tenant: str | None, token: str, at: float) -> None:
+        key = self._key(provider, tenant)
+        if key in self._pending:
+            current = Credential.from_json(self._pending[key])
+            if current.token == token:
+                self._pending[key] = replace(current, expires_at=at).to_json()
+            return
+        await self._call(lambda: self._expire(keys=[key], args=[token, repr(at)]), None)
 
     async def items(self) -> list[StoredItem]:
         async def scan() -> list[StoredItem]:

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from proxy.tokens import Credential
@@ -41,6 +41,14 @@ class Store(Protocol):
     async def get(self, provider: str, tenant: str | None) -> Credential | None: ...
     async def put(self, provider: str, tenant: str | None, credential: Credential) -> None: ...
     async def delete(self, provider: str, tenant: str | None) -> bool: ...
+    async def expire(self, provider: str, tenant: str | None, token: str, at: float) -> None:
+        """Mark the stored credential expired at `at`, only if it is still `token`.
+
+        Compare-and-set: a read-modify-write here could put back a refresh token another
+        process has just rotated away.
+        """
+        ...
+
     async def items(self) -> list[StoredItem]: ...
     async def acquire(self, provider: str, tenant: str | None, ttl: float) -> str | None:
         """Take the fetch lock for a key; an owner token, or None while someone else holds it."""
@@ -72,6 +80,12 @@ class MemoryStore:
 
     async def delete(self, provider: str, tenant: str | None) -> bool:
         return self._data.pop((provider, tenant or ""), None) is not None
+
+    async def expire(self, provider: str, tenant: str | None, token: str, at: float) -> None:
+        key = (provider, tenant or "")
+        current = self._data.get(key)
+        if current is not None and current.token == token:
+            self._data[key] = replace(current, expires_at=min(at, current.expires_at or at))
 
     async def items(self) -> list[StoredItem]:
         return [StoredItem(p, t or None, c) for (p, t), c in sorted(self._data.items())]
@@ -177,6 +191,28 @@ class SqliteStore:
             )
         )
         return cursor.rowcount > 0
+
+    async def expire(self, provider: str, tenant: str | None, token: str, at: float) -> None:
+        def cas(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(
+                    "SELECT data FROM credentials WHERE provider=? AND tenant=?",
+                    (provider, tenant or ""),
+                ).fetchone()
+                current = Credential.from_json(row[0]) if row else None
+                if current is not None and current.token == token:
+                    expired = replace(current, expires_at=min(at, current.expires_at or at))
+                    db.execute(
+                        "UPDATE credentials SET data=?, updated=? WHERE provider=? AND tenant=?",
+                        (expired.to_json(), self._clock(), provider, tenant or ""),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(cas)
 
     async def items(self) -> list[StoredItem]:
         rows = await self._run(

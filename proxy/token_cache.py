@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from cachetools import TLRUCache
@@ -95,20 +95,15 @@ class CredentialManager:
     ) -> None:
         """The upstream refused `failed`: stop using it, unless a newer one already replaced it.
 
-        The stored record is kept with its expiry set to now, so a refresh token or session
-        survives and the next get() renews from it.
+        The stored record is kept with its expiry set to now (compare-and-set, so a token
+        another process just rotated in is never overwritten) and the next get() renews
+        from its refresh token.
         """
         key = (provider.name, tenant or "")
         current = self._cache.get(key)
         if current is not None and current.token == failed.token:
             del self._cache[key]
-        stored = await self.store.get(provider.name, tenant)
-        if (
-            stored is not None
-            and stored.token == failed.token
-            and not stored.is_expired(self._clock())
-        ):
-            await self.store.put(provider.name, tenant, replace(stored, expires_at=self._clock()))
+        await self.store.expire(provider.name, tenant, failed.token, self._clock())
 
     def forget(self, provider: str, tenant: str | None = None) -> None:
         """Drop cached credentials of a provider (a reload changed it, or a revoke)."""
