@@ -15,9 +15,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Serves config/keyhop.yaml; credentials come from the environment or from .env.
+# Serves config/keyhop.yaml when its credentials are in the environment (or .env);
+# otherwise starts `keyhop sandbox` and serves config/sandbox.yaml against it.
 run: $(STAMP)
-	@set -a; [ -f .env ] && . ./.env; set +a; exec $(BIN)/keyhop serve --config $(CONFIG)
+	@set -a; [ -f .env ] && . ./.env; set +a; \
+	if $(BIN)/keyhop check --config $(CONFIG) >/dev/null 2>&1; then \
+	  exec $(BIN)/keyhop serve --config $(CONFIG); \
+	fi; \
+	echo "keyhop: $(CONFIG) lacks credentials (make check says which), so this is the SANDBOX: fake providers on 127.0.0.1:9090, keyhop on 127.0.0.1:8080 with config/sandbox.yaml"; \
+	$(BIN)/keyhop sandbox --listen 127.0.0.1:9090 & sandbox=$$!; \
+	trap 'kill $$sandbox 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/keyhop serve --config config/sandbox.yaml
 
 check: $(STAMP)
 	@set -a; [ -f .env ] && . ./.env; set +a; $(BIN)/keyhop check --config $(CONFIG)

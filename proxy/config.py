@@ -21,7 +21,7 @@ from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.errors import ConfigError
 from proxy.presets import PRESETS, merge
 from proxy.routing import Route, Upstream, check_prefix
-from proxy.schema import Node, Problems, Secret, describe, is_url
+from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
@@ -178,6 +178,7 @@ def _interpolate(value: Any, path: str, problems: Problems, found: set[str]) -> 
                 text = Path(file_path).read_text(encoding="utf-8")
             except OSError as exc:
                 problems.add(path, f"cannot read secret file {file_path}: {exc.strerror}")
+                problems.reported.add(path)
                 return ""
             text = text[:-1] if text.endswith("\n") else text
             found.add(text)
@@ -185,12 +186,14 @@ def _interpolate(value: Any, path: str, problems: Problems, found: set[str]) -> 
         name, sep, fallback = ref.partition(":-")
         if not _ENV_NAME.fullmatch(name):
             problems.add(path, f"bad reference ${{{ref}}}; expected ${{NAME}} or ${{file:/path}}")
+            problems.reported.add(path)
             return ""
         env = os.environ.get(name)
         if env is None:
             if sep:
                 return fallback
             problems.add(path, f"environment variable {name} is not set")
+            problems.reported.add(path)
             return ""
         found.add(env)
         return env
@@ -499,7 +502,9 @@ def parse_config(
     root.integer("replay_max_bytes", DEFAULT_REPLAY_MAX_BYTES)
     root.finish()
     if problems.items:
-        raise ConfigError(problems.items)
+        # a value read from ${...} is never quoted back, even when it is the wrong value
+        redact = Redactor(v for v in found if len(v) >= 4)
+        raise ConfigError([redact(p) for p in problems.items])
     secrets = {s for s in found if len(s) >= 6}
     secrets.update(k.reveal() for k in client_keys)
     for provider in providers.values():

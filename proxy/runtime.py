@@ -4,10 +4,9 @@ credentials, limiter, metrics) and the config-derived Runtime that SIGHUP swaps 
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -17,21 +16,11 @@ from proxy.config import Config, ProviderConfig
 from proxy.metrics import Metrics
 from proxy.ratelimit import Limiter
 from proxy.routing import RouteTable
+from proxy.schema import Redactor
 from proxy.store import Store
 from proxy.token_cache import CredentialManager
 
 log = logging.getLogger("keyhop")
-
-
-class Redactor:
-    """Replaces every configured secret in a text: the last guard before a log line or body."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __call__(self, text: str) -> str:
-        return text if self._pattern is None else self._pattern.sub("***", text)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -35,12 +36,25 @@ class Secret:
         return hash(self._value)
 
 
+class Redactor:
+    """Replaces every given secret in a text: the last guard before a log line or a body."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        return text if self._pattern is None else self._pattern.sub("***", text)
+
+
 class Problems:
     """Every problem found in one file, formatted `file: key.path: what is wrong`."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[str] = []
+        #: key paths already reported (a missing ${VAR}): not reported again as empty
+        self.reported: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
         self.items.append(
@@ -101,6 +115,8 @@ class Node:
 
     def _need(self, key: str, required: bool) -> Any:
         self._seen.add(key)
+        if self.at(key) in self.problems.reported:
+            return _MISSING
         if key not in self.raw or self.raw[key] is None:
             if required:
                 self.error(key, "required, missing")

@@ -40,6 +40,10 @@ class FetchObserver(Protocol):
     def token_fetch(self, provider: str, ok: bool) -> None: ...
 
 
+class LoginExpired(NotConnected):
+    """The provider refused the stored login (a dead refresh token): a person must act."""
+
+
 @dataclass
 class KeyState:
     """What /-/providers shows for one provider and tenant; never the credential itself."""
@@ -50,7 +54,7 @@ class KeyState:
     last_error_at: float | None = None
     last_fetch_at: float | None = None
     fetches: int = 0
-    last_exception: CredentialError | NotConnected | None = None
+    last_exception: CredentialError | LoginExpired | None = None
 
 
 def _ttu(_key: Key, credential: Credential, _now: float) -> float:
@@ -113,7 +117,9 @@ class CredentialManager:
     async def remember(self, provider: str, tenant: str | None, credential: Credential) -> None:
         """Store a credential obtained outside get() (a login callback, an app install)."""
         await self.store.put(provider, tenant, credential)
-        self._cache[(provider, tenant or "")] = credential
+        key = (provider, tenant or "")
+        self._cache[key] = credential
+        self.states.pop(key, None)  # a fresh login ends any backoff of the old one
 
     def cached(self, provider: str, tenant: str | None) -> Credential | None:
         return self._cache.get((provider, tenant or ""))
@@ -194,7 +200,8 @@ class CredentialManager:
             previous = stored or previous
             try:
                 credential = await self._run(provider, tenant, previous, state)
-            except (CredentialError, NotConnected) as exc:
+            except (CredentialError, LoginExpired) as exc:
+                # only answers from the provider count; a plain NotConnected sent nothing
                 self._observe(provider.name, ok=False)
                 state.last_exception = exc
                 state.failures += 1
@@ -247,7 +254,7 @@ class CredentialManager:
                     continue
                 hint = getattr(provider.scheme, "login_hint", None)
                 if hint is not None:
-                    raise NotConnected(
+                    raise LoginExpired(
                         f"the stored login for {provider.name} is no longer accepted; "
                         + hint(tenant),
                         provider=provider.name,
@@ -261,7 +268,7 @@ class CredentialManager:
         previous: Credential | None,
         state: KeyState,
         now: float,
-        exc: CredentialError | NotConnected | None = None,
+        exc: CredentialError | LoginExpired | None = None,
     ) -> Credential:
         """While backing off: the old credential until its real expiry, then the error."""
         if previous is not None and not previous.is_expired(now):
@@ -269,8 +276,8 @@ class CredentialManager:
         if exc is not None:
             raise exc
         wait = max(1, math.ceil(state.next_attempt - now))
-        if isinstance(state.last_exception, NotConnected):
-            raise NotConnected(state.last_exception.message, provider=provider.name)
+        if isinstance(state.last_exception, LoginExpired):
+            raise LoginExpired(state.last_exception.message, provider=provider.name)
         raise CredentialError(
             f"could not get a credential for {provider.name}: {state.last_error}; "
             f"next attempt in {wait} s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -107,8 +108,8 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., KeyhopProcess]]:
 
     yield start
     for proc in started:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
+        if proc.proc is not None:
+            proc.stop(signal.SIGKILL)  # also closes the log of one that exited by itself
 
 
 @pytest.fixture
