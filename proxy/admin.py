@@ -25,12 +25,11 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
     """Per provider and tenant: credential state, expiry, last error. Never a secret."""
     now = kh.clock()
     stored: dict[tuple[str, str], Any] = {}
-    store_ok = True
-    try:
+    store_ok = await kh.store.ping()
+    if store_ok:
         for item in await kh.store.items():
-            stored[(item.provider, item.tenant or "")] = item.credential
-    except Exception:
-        store_ok = False
+            if item.provider in kh.runtime.providers:
+                stored[(item.provider, item.tenant or "")] = item.credential
     out: dict[str, Any] = {}
     for name, prt in kh.runtime.providers.items():
         provider = prt.config

@@ -80,6 +80,7 @@ class CredentialManager:
         self._cache: TLRUCache[Key, Credential] = TLRUCache(maxsize, ttu=_ttu, timer=clock)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._renewing: dict[Key, asyncio.Task[None]] = {}
+        self._refused: dict[Key, str] = {}  # the last token an upstream refused, per key
         self.states: dict[Key, KeyState] = {}
 
     # -- the request path ----------------------------------------------------------------------
@@ -104,10 +105,12 @@ class CredentialManager:
         from its refresh token.
         """
         key = (provider.name, tenant or "")
+        # never load it again, whatever the store says while its expiry is on its way
+        self._refused[key] = failed.token
+        await self.store.expire(provider.name, tenant, failed.token, self._clock())
         current = self._cache.get(key)
         if current is not None and current.token == failed.token:
             del self._cache[key]
-        await self.store.expire(provider.name, tenant, failed.token, self._clock())
 
     def forget(self, provider: str, tenant: str | None = None) -> None:
         """Drop cached credentials of a provider (a reload changed it, or a revoke)."""
@@ -156,7 +159,7 @@ class CredentialManager:
             if cached is not None and cached is not stale and now < cached.renew_at():
                 return cached, "memory"
             stored = await self.store.get(provider.name, tenant)
-            if self._usable_newer(stored, stale, now):
+            if self._usable_newer(key, stored, stale, now):
                 assert stored is not None
                 self._cache[key] = stored
                 return stored, "store"
@@ -164,11 +167,16 @@ class CredentialManager:
             return await self._fetch(provider, tenant, previous), "fetched"
 
     def _usable_newer(
-        self, stored: Credential | None, stale: Credential | None, now: float
+        self,
+        key: Key,
+        stored: Credential | None,
+        stale: Credential | None,
+        now: float,
     ) -> bool:
         return (
             stored is not None
             and (stale is None or stored.token != stale.token)
+            and stored.token != self._refused.get(key)
             and now < stored.renew_at()
         )
 
@@ -185,7 +193,7 @@ class CredentialManager:
             # another process is fetching: take its result from the store when it lands
             await asyncio.sleep(POLL_INTERVAL)
             stored = await self.store.get(provider.name, tenant)
-            if self._usable_newer(stored, previous, self._clock()):
+            if self._usable_newer(key, stored, previous, self._clock()):
                 assert stored is not None
                 self._cache[key] = stored
                 return stored
@@ -193,7 +201,7 @@ class CredentialManager:
         try:
             # the holder before us may have written a newer one just now
             stored = await self.store.get(provider.name, tenant)
-            if self._usable_newer(stored, previous, self._clock()):
+            if self._usable_newer(key, stored, previous, self._clock()):
                 assert stored is not None
                 self._cache[key] = stored
                 return stored
