@@ -353,9 +353,7 @@ async def _forward(
     if upgrade:
         return await _relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
 
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if expect.lower() == "100-continue" and request.version >= aiohttp.HttpVersion11:
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # Expect: 100-continue was answered by aiohttp's app before any middleware ran
     want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
     data, replayable = await _body(request, provider.replay_max_bytes, want_replay)
 

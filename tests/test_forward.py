@@ -775,3 +775,27 @@ async def test_health_and_ready_answer_200(routed: Client, path: str) -> None:
 async def test_health_needs_no_client_key_so_a_container_healthcheck_works(keyed: Client) -> None:
     resp = await keyed.session.get(raw_url(keyed, "/-/health"))
     assert resp.status == 200
+
+
+async def test_expect_100_continue_gets_exactly_one_interim_answer_and_the_body_arrives(
+    upstream: StartUpstream, proxy: MakeProxy, echo_app: web.Application
+) -> None:
+    base = await upstream(echo_app, tls=False)
+    client = await proxy(
+        {
+            "providers": {"p": {"auth": {"type": "none"}}},
+            "routes": [{"prefix": "/p", "upstream": base, "provider": "p"}],
+        }
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /p/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.startswith(b"HTTP/1.1 200"), status
+    writer.close()
