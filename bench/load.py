@@ -47,8 +47,8 @@ def download(url: str, size: int) -> Transfer:
         return asyncio.run(_download_aiohttp(url, timeout))
     started = time.perf_counter()
     out = subprocess.run(
-        [curl, "-sS", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w", "%{http_code} "
-         "%{size_download}", url],  # fmt: skip
+        [curl, "-sS", "-o", "/dev/null", "--max-time", str(int(timeout))]
+        + ["-w", "%{http_code} %{size_download}", url],
         capture_output=True,
         text=True,
         timeout=timeout + 10,

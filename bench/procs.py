@@ -189,3 +189,69 @@ class RssSampler:
             "rss_growth_mib": round((self.peak_kib - self.before_kib) / mib, 1),
             "rss_samples": self.samples,
         }
+
+
+def _cpu_ticks_busy() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    steal = fields[7] if len(fields) > 7 else 0
+    return user + nice + system + irq + softirq, steal
+
+
+def _proc_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # The command name is in parentheses and may hold spaces: split after it.
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+class CpuWatch:
+    """How much CPU the machine spent on work that is not the bench's during a measurement:
+    another job on a 2-core box skews a run, and this says by how much.
+
+    Ours is the bench itself, its finished children (wrk, curl) and the given server PIDs.
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self.tick = float(os.sysconf("SC_CLK_TCK"))
+        self.other_cores = 0.0
+        self.steal_cores = 0.0
+        self.ours_cores = 0.0
+
+    def _ours(self) -> float:
+        t = os.times()
+        mine = t.user + t.system + t.children_user + t.children_system
+        return mine + sum(_proc_ticks(p) for p in self.pids) / self.tick
+
+    def __enter__(self) -> CpuWatch:
+        self._busy, self._steal = _cpu_ticks_busy()
+        self._mine = self._ours()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, steal = _cpu_ticks_busy()
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        ours = self._ours() - self._mine
+        self.ours_cores = ours / elapsed
+        self.other_cores = max(0.0, ((busy - self._busy) / self.tick - ours) / elapsed)
+        self.steal_cores = (steal - self._steal) / self.tick / elapsed
+
+
+def wait_quiet(pids: Sequence[int], max_wait: float, threshold: float = 0.25) -> float:
+    """Up to `max_wait` seconds until, over half a second, processes other than ours use less
+    than `threshold` cores; the seconds waited (0.5 at least when `max_wait` > 0)."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait:
+        with CpuWatch(pids) as cpu:
+            time.sleep(0.5)
+        if cpu.other_cores < threshold:
+            break
+    return time.monotonic() - started

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import json
+import signal
 import socket
 from typing import Final
 from urllib.parse import parse_qs
@@ -146,9 +147,13 @@ async def serve(port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     srv = await loop.create_server(server, sock=sock, backlog=1024)
     async with srv:
-        await srv.serve_forever()
+        await stop.wait()
+    await server.shutdown(timeout=1.0)
 
 
 def main() -> None:
@@ -165,7 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        pass
+    main()

@@ -53,7 +53,8 @@ def ensure_wrk() -> str:
 
 def wrk_version(wrk: str) -> str:
     out = subprocess.run([wrk, "--version"], capture_output=True, text=True, timeout=10)
-    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else ""
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0].strip() if text else ""
 
 
 def run_wrk(wrk: str, url: str, threads: int, connections: int, duration: float) -> WrkResult:

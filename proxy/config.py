@@ -220,7 +220,12 @@ def compile_template(
                 literal = []
             else:
                 known = sorted(set(static) | DYNAMIC_VARS)
-                node.error(key, f"unknown placeholder {{{name}}}; known: {', '.join(known)}")
+                where = node.path.rpartition(".")[0] or node.path
+                node.error(
+                    key,
+                    f"uses {{{name}}}, which nothing defines: set {where}.vars.{name} "
+                    f"or write the header's value yourself (known: {', '.join(known)})",
+                )
                 return None
         else:
             literal.append(piece)

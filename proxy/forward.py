@@ -523,6 +523,7 @@ async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
     started = time.perf_counter()
     info = AccessInfo()
     status = 500
+    kh.metrics.in_flight.inc()
     try:
         target = request.raw_path
         if request.method == hdrs.METH_CONNECT or not target.startswith("/"):
@@ -555,4 +556,5 @@ async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
             {"error": "internal_error", "message": "keyhop failed; see its log"}, status=500
         )
     finally:
+        kh.metrics.in_flight.dec()
         _log_access(request, info, status, started, kh)

@@ -28,6 +28,7 @@ log = logging.getLogger("keyhop.store")
 T = TypeVar("T")
 
 PREFIX: Final = "keyhop:"
+BLOCK_REFRESH: Final = 0.25  # seconds a replica trusts its last read of "blocked until"
 
 # Compare-and-delete: only the owner releases its lock.
 _RELEASE: Final = """
@@ -206,6 +207,7 @@ class RedisLimiter:
         self._local = LocalLimiter(clock)
         self._reserve = store.client.register_script(_RESERVE)
         self._block = store.client.register_script(_BLOCK)
+        self._blocked: dict[str, tuple[float, float]] = {}  # provider -> (until, read at)
 
     async def reserve(self, provider: str, limit: RateLimit) -> float:
         interval = 1.0 / limit.per_second
@@ -221,11 +223,17 @@ class RedisLimiter:
         return float(wait)
 
     async def blocked_until(self, provider: str) -> float:
-        raw = await self._store._call(
-            lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
-        )
-        local = await self._local.blocked_until(provider)
-        return max(float(raw) if raw else 0.0, local)
+        # read at most every BLOCK_REFRESH per provider: a round trip per request would
+        # double the cost of the hot path for a state that changes once in a long while
+        now = self._clock()
+        cached = self._blocked.get(provider)
+        if cached is None or now - cached[1] >= BLOCK_REFRESH:
+            raw = await self._store._call(
+                lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
+            )
+            cached = (float(raw) if raw else 0.0, now)
+            self._blocked[provider] = cached
+        return max(cached[0], await self._local.blocked_until(provider))
 
     async def block(self, provider: str, until: float) -> None:
         await self._local.block(provider, until)

@@ -13,7 +13,7 @@ from proxy.tokens import Credential
 
 @dataclass(frozen=True)
 class StaticKey:
-    """Headers only; `token` is available to header templates as `{token}`."""
+    """Headers only; `token` (or `token_id:token_secret`) is `{token}` in header templates."""
 
     kind: ClassVar[str] = "static"
     default_headers: ClassVar[Mapping[str, str]] = {}
@@ -24,7 +24,15 @@ class StaticKey:
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> StaticKey:
-        return cls(token=node.secret("token"), client_id_value=node.string("client_id"))
+        token = node.secret("token")
+        token_id, token_secret = node.string("token_id"), node.secret("token_secret")
+        if token_id is not None or token_secret is not None:
+            # a key pair as issued (Spaaza: token_id and token_secret), sent as id:secret
+            if token is not None or token_id is None or token_secret is None:
+                node.error("token_id", "give token, or both token_id and token_secret")
+            else:
+                token = Secret(f"{token_id}:{token_secret.reveal()}")
+        return cls(token=token, client_id_value=node.string("client_id"))
 
     @property
     def client_id(self) -> str | None:
