@@ -75,7 +75,9 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
     return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
 
 
-async def handle_admin(kh: Keyhop, request: web.Request, info: AccessInfo) -> web.StreamResponse:
+async def handle_admin(
+    kh: Keyhop, request: web.BaseRequest, info: AccessInfo
+) -> web.StreamResponse:
     path = request.raw_path.partition("?")[0]
     info.route = "/-/"
     if path == "/-/health":

@@ -22,6 +22,39 @@ def new_nonce(length: int = 10) -> str:
     return "".join(secrets.choice(NONCE_ALPHABET) for _ in range(length))
 
 
+def provider_headers(
+    provider: ProviderConfig, credential: Credential | None, tenant: str | None
+) -> list[tuple[str, str]]:
+    """The headers that depend only on the credential and tenant (cacheable per pair)."""
+    values = {"token": credential.token if credential else "", "tenant": tenant or ""}
+    out = [(h.name, h.render(values)) for h in provider.headers]
+    if credential is not None:
+        out.extend(provider.scheme.credential_headers(credential).items())
+    return out
+
+
+def signature_headers(
+    provider: ProviderConfig,
+    credential: Credential | None,
+    method: str,
+    upstream: Upstream,
+    target: str,
+    now: float,
+    nonce: str = "",
+) -> list[tuple[str, str]]:
+    """The headers computed afresh for every request: the `sign:` block's."""
+    sign = provider.sign
+    if sign is None:
+        return []
+    ts = str(int(now))
+    key = sign.key.reveal().encode()
+    if sign.type == "x_signature":
+        return [("X-Timestamp", ts), ("X-Signature", x_signature(key, ts))]
+    normalized = mac_normalized_string(ts, nonce, method, target, upstream.host, upstream.port)
+    token = credential.token if credential else ""
+    return [("Authorization", mac_authorization(token, ts, nonce, mac_signature(key, normalized)))]
+
+
 def outgoing_headers(
     provider: ProviderConfig,
     credential: Credential | None,
@@ -33,26 +66,6 @@ def outgoing_headers(
     nonce: str = "",
 ) -> list[tuple[str, str]]:
     """Headers to set (replacing the client's of the same name), in order."""
-    values = {"token": credential.token if credential else "", "tenant": tenant or ""}
-    out = [(h.name, h.render(values)) for h in provider.headers]
-    if credential is not None:
-        out.extend(provider.scheme.credential_headers(credential).items())
-    sign = provider.sign
-    if sign is not None:
-        ts = str(int(now))
-        key = sign.key.reveal().encode()
-        if sign.type == "x_signature":
-            out.append(("X-Timestamp", ts))
-            out.append(("X-Signature", x_signature(key, ts)))
-        else:
-            normalized = mac_normalized_string(
-                ts, nonce, method, target, upstream.host, upstream.port
-            )
-            token = credential.token if credential else ""
-            out.append(
-                (
-                    "Authorization",
-                    mac_authorization(token, ts, nonce, mac_signature(key, normalized)),
-                )
-            )
-    return out
+    return provider_headers(provider, credential, tenant) + signature_headers(
+        provider, credential, method, upstream, target, now, nonce
+    )

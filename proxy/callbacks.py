@@ -49,7 +49,7 @@ def _redirect(location: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location})
 
 
-def callback_url(request: web.Request, provider: str) -> str:
+def callback_url(request: web.BaseRequest, provider: str) -> str:
     """keyhop's own callback as the browser reaches it (used when none is configured)."""
     host = request.headers.get("Host", "127.0.0.1")
     return f"http://{host}/-/oauth/{provider}/callback"
@@ -96,7 +96,7 @@ async def finish_login(kh: Keyhop, provider: ProviderConfig, code: str, state: s
     return tenant
 
 
-def _tenant_param(request: web.Request, provider: ProviderConfig) -> str | None:
+def _tenant_param(request: web.BaseRequest, provider: ProviderConfig) -> str | None:
     tenant = request.query.get("tenant") or provider.default_tenant
     if provider.tenants and not tenant:
         raise BadRequest(f"{provider.name} serves several accounts: add ?tenant=ID")
@@ -106,7 +106,7 @@ def _tenant_param(request: web.Request, provider: ProviderConfig) -> str | None:
 
 
 async def _authorization_code(
-    kh: Keyhop, request: web.Request, provider: ProviderConfig, action: str
+    kh: Keyhop, request: web.BaseRequest, provider: ProviderConfig, action: str
 ) -> web.StreamResponse:
     scheme = provider.scheme
     assert isinstance(scheme, AuthorizationCode)
@@ -129,7 +129,7 @@ async def _authorization_code(
 
 
 async def _app_install(
-    kh: Keyhop, request: web.Request, provider: ProviderConfig, action: str
+    kh: Keyhop, request: web.BaseRequest, provider: ProviderConfig, action: str
 ) -> web.StreamResponse:
     from proxy.forward import run_flow
 
@@ -174,7 +174,9 @@ async def _app_install(
     raise NoRoute(f"no endpoint /-/oauth/{provider.name}/{action}")
 
 
-async def handle_oauth(kh: Keyhop, request: web.Request, info: AccessInfo) -> web.StreamResponse:
+async def handle_oauth(
+    kh: Keyhop, request: web.BaseRequest, info: AccessInfo
+) -> web.StreamResponse:
     path = request.raw_path.partition("?")[0]
     parts = path.split("/")  # ["", "-", "oauth", provider, action]
     if len(parts) != 5:

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.auth import CredentialFlow
-from proxy.authorize import new_nonce, outgoing_headers
+from proxy.authorize import new_nonce, outgoing_headers, signature_headers
 from proxy.config import TENANT_RE, ProviderConfig
 from proxy.errors import (
     BadRequest,
@@ -48,6 +49,7 @@ MAX_THROTTLE_RETRIES: Final = 2
 MAX_THROTTLE_WAIT: Final = 10.0
 MAX_TOKEN_RESPONSE: Final = 1024 * 1024
 MAX_PEEK: Final = 64 * 1024  # how much of an error body is read to match `json:` rules
+SMALL_BODY: Final = 64 * 1024  # answers up to this size are sent whole, in one write
 
 
 @dataclass(slots=True)
@@ -89,16 +91,20 @@ async def _send_flow_request(
     kh: Keyhop, prt: ProviderRuntime | None, provider: str, request: HttpRequest
 ) -> HttpResponse:
     url = URL(request.url)
+    read = prt.config.timeouts.read if prt else 30.0
     try:
-        async with kh.http.request(
-            request.method,
-            url,
-            headers=dict(request.headers),
-            data=request.body,
-            allow_redirects=False,
-            ssl=prt.ssl if prt else True,
-            timeout=prt.timeout if prt else aiohttp.ClientTimeout(total=30),
-        ) as response:
+        async with (
+            asyncio.timeout(read),
+            kh.http.request(
+                request.method,
+                url,
+                headers=dict(request.headers),
+                data=request.body,
+                allow_redirects=False,
+                ssl=prt.ssl if prt else True,
+                timeout=prt.timeout if prt else aiohttp.ClientTimeout(total=30),
+            ) as response,
+        ):
             body = await response.content.read(MAX_TOKEN_RESPONSE)
             return HttpResponse(response.status, dict(response.headers), body)
     except TimeoutError:
@@ -125,7 +131,7 @@ def error_response(kh: Keyhop | None, exc: ProxyError) -> web.Response:
     return response
 
 
-def _check_client_key(kh: Keyhop, request: web.Request) -> None:
+def _check_client_key(kh: Keyhop, request: web.BaseRequest) -> None:
     keys = kh.runtime.client_keys
     if not keys:
         return
@@ -137,7 +143,7 @@ def _check_client_key(kh: Keyhop, request: web.Request) -> None:
         raise ClientKeyRequired("this proxy needs a valid X-Keyhop-Key header")
 
 
-def _tenant(request: web.Request, match: RouteMatch, provider: ProviderConfig) -> str | None:
+def _tenant(request: web.BaseRequest, match: RouteMatch, provider: ProviderConfig) -> str | None:
     if not provider.tenants:
         return None
     if match.route.tenant == "path":
@@ -165,7 +171,7 @@ def _tenant(request: web.Request, match: RouteMatch, provider: ProviderConfig) -
     return tenant
 
 
-async def _body(request: web.Request, limit: int, replay: bool) -> tuple[Any, bool]:
+async def _body(request: web.BaseRequest, limit: int, replay: bool) -> tuple[Any, bool]:
     """The body to send and whether it can be sent again."""
     if not request.body_exists:
         return None, True
@@ -218,6 +224,7 @@ async def _send(
     data: Any,
 ) -> aiohttp.ClientResponse:
     host = url.host
+    deadline = kh.deadlines.arm(prt.config.timeouts.read)
     try:
         return await kh.http.request(
             method,
@@ -228,6 +235,12 @@ async def _send(
             ssl=prt.ssl,
             timeout=prt.timeout,
         )
+    except asyncio.CancelledError:
+        if kh.deadlines.expired(deadline):
+            raise UpstreamTimeout(
+                f"{host} did not answer within {prt.config.timeouts.read:g} s"
+            ) from None
+        raise
     except aiohttp.ClientConnectorCertificateError:
         raise UpstreamUnreachable(f"the TLS certificate of {host} could not be verified") from None
     except aiohttp.ClientSSLError:
@@ -246,44 +259,74 @@ async def _send(
         raise UpstreamUnreachable(
             f"{host} failed before answering ({type(exc).__name__})"
         ) from None
+    finally:
+        kh.deadlines.disarm(deadline)
+
+
+def _cut_short(request: web.BaseRequest, info: AccessInfo) -> UpstreamCut:
+    """The upstream ended its body early: the client must see a cut too, never a clean end."""
+    info.aborted = True
+    if request.transport is not None:
+        request.transport.abort()
+    return UpstreamCut()
 
 
 async def _stream_back(
-    request: web.Request, up: aiohttp.ClientResponse, info: AccessInfo, prefix: bytes = b""
+    kh: Keyhop,
+    request: web.BaseRequest,
+    up: aiohttp.ClientResponse,
+    info: AccessInfo,
+    read_timeout: float,
+    prefix: bytes = b"",
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=up.status, reason=up.reason, headers=clean_response_headers(up.headers)
-    )
+    headers = clean_response_headers(up.headers)
     length = up.headers.get(hdrs.CONTENT_LENGTH)
-    if length is not None and length.isdigit():
-        response.content_length = int(length)
+    declared = int(length) if length is not None and length.isdigit() else None
+    deadline = kh.deadlines.arm(read_timeout)
     try:
+        if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
+            # a small body of known length goes out in one write with its headers
+            body = prefix + await up.read()
+            return web.Response(status=up.status, reason=up.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+        if declared is not None:
+            response.content_length = declared
         await response.prepare(request)
         if prefix:
             await response.write(prefix)
-        async for chunk in up.content.iter_any():
+        loop = asyncio.get_running_loop()
+        while True:
+            # the read timeout is the longest silence from the upstream, not the client's pace
+            deadline.extend(loop.time())
+            chunk = await up.content.readany()
+            if not chunk:
+                break
+            deadline.at = math.inf
             await response.write(chunk)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        await response.write_eof()
+        return response
+    except asyncio.CancelledError:
+        if kh.deadlines.expired(deadline):
+            raise _cut_short(request, info) from None
+        raise
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
             raise  # the client went away; nothing to tell it
-        # the upstream cut its body short: the client must see a cut too, never a clean end
-        info.aborted = True
-        if request.transport is not None:
-            request.transport.abort()
-        raise UpstreamCut() from None
+        raise _cut_short(request, info) from None
     finally:
+        kh.deadlines.disarm(deadline)
         up.release()
-    await response.write_eof()
-    return response
 
 
-def _is_upgrade(request: web.Request) -> bool:
+def _is_upgrade(request: web.BaseRequest) -> bool:
     return "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower() and bool(
         request.headers.get(hdrs.UPGRADE)
     )
 
 
-async def proxy_request(kh: Keyhop, request: web.Request, info: AccessInfo) -> web.StreamResponse:
+async def proxy_request(
+    kh: Keyhop, request: web.BaseRequest, info: AccessInfo
+) -> web.StreamResponse:
     rt = kh.runtime
     _check_client_key(kh, request)
     match = rt.table.match(request.raw_path)
@@ -329,7 +372,7 @@ async def _wait_for_budget(kh: Keyhop, provider: ProviderConfig) -> None:
 
 async def _forward(
     kh: Keyhop,
-    request: web.Request,
+    request: web.BaseRequest,
     info: AccessInfo,
     match: RouteMatch,
     prt: ProviderRuntime,
@@ -353,7 +396,10 @@ async def _forward(
     if upgrade:
         return await _relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
 
-    # Expect: 100-continue was answered by aiohttp's app before any middleware ran
+    if kh.answers_expect and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        # only the low-level server leaves this to us (an Application answers it itself):
+        # now that route and credential are settled, ask for the body
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
     data, replayable = await _body(request, provider.replay_max_bytes, want_replay)
 
@@ -361,12 +407,14 @@ async def _forward(
     throttle_retries = 0
     waited = 0.0
     while True:
-        now = kh.clock()
-        nonce = new_nonce() if provider.sign is not None and provider.sign.type == "mac" else ""
-        for name, value in outgoing_headers(
-            provider, credential, tenant, request.method, route.upstream, target, now, nonce
-        ):
+        for name, value in prt.headers_for(credential, tenant):
             headers[name] = value
+        if provider.sign is not None:
+            nonce = new_nonce() if provider.sign.type == "mac" else ""
+            for name, value in signature_headers(
+                provider, credential, request.method, route.upstream, target, kh.clock(), nonce
+            ):
+                headers[name] = value
         started = time.perf_counter()
         up = await _send(kh, prt, request.method, url, headers, data)
         elapsed = time.perf_counter() - started
@@ -391,7 +439,7 @@ async def _forward(
                 waited += delay
                 await asyncio.sleep(delay)
                 continue
-            return await _stream_back(request, up, info)
+            return await _stream_back(kh, request, up, info, provider.timeouts.read)
 
         if credential is not None and not refreshed and provider.refresh_on:
             peeked, raw = await _peek(up, provider.refresh_on)
@@ -402,13 +450,13 @@ async def _forward(
                     refreshed = True
                     credential, info.credential = await kh.manager.get(provider, tenant)
                     continue
-            return await _stream_back(request, up, info, raw)
-        return await _stream_back(request, up, info)
+            return await _stream_back(kh, request, up, info, provider.timeouts.read, raw)
+        return await _stream_back(kh, request, up, info, provider.timeouts.read)
 
 
 async def _relay_websocket(
     kh: Keyhop,
-    request: web.Request,
+    request: web.BaseRequest,
     prt: ProviderRuntime,
     match: RouteMatch,
     url: URL,
@@ -484,46 +532,62 @@ async def _relay_websocket(
 # -- the one entry point -----------------------------------------------------------------------
 
 
+_str = json.encoder.encode_basestring_ascii
+
+
+def _json_or_null(value: str | None) -> str:
+    return "null" if value is None else _str(value)
+
+
 def _log_access(
-    request: web.Request, info: AccessInfo, status: int, started: float, kh: Keyhop | None
+    request: web.BaseRequest, info: AccessInfo, status: int, started: float, kh: Keyhop
 ) -> None:
+    """One JSON object per request, built by hand: this runs on every request."""
     path, _, query = request.raw_path.partition("?")
-    record: dict[str, Any] = {
-        "ts": round(time.time(), 3),
-        "route": info.route,
-        "provider": info.provider,
-        "tenant": info.tenant,
-        "method": request.method,
-        "path": path,
-        "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        "upstream_ms": info.upstream_ms,
-        "credential": info.credential,
-    }
+    line = (
+        f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
+        f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(info.tenant)},'
+        f'"method":{_str(request.method)},"path":{_str(path)},"status":{status},'
+        f'"duration_ms":{(time.perf_counter() - started) * 1000:.3f},'
+        f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
+        f'"credential":{_json_or_null(info.credential)}'
+    )
     if query:  # names only: a query can carry codes and keys
-        record["query_keys"] = sorted({p.partition("=")[0] for p in query.split("&") if p})
+        keys = sorted({p.partition("=")[0] for p in query.split("&") if p})
+        line += ',"query_keys":[' + ",".join(map(_str, keys)) + "]"
     if info.error:
-        record["error"] = info.error
+        line += f',"error":{_str(info.error)}'
     if info.aborted:
-        record["aborted"] = True
-    line = json.dumps(record, separators=(",", ":"))
-    access_log.info(kh.runtime.redact(line) if kh else line)
-    if kh is not None:
-        kh.metrics.request(info.route or "", info.provider or "", status)
+        line += ',"aborted":true'
+    kh.access_log(kh.runtime.redact(line + "}"))
+    kh.metrics.request(info.route or "", info.provider or "", status)
 
 
 @web.middleware
-async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every request lands here; aiohttp's router (and `handler`) is not used: it would
-    match decoded paths and follow absolute-form targets."""
-    del handler
+async def unrouted(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Targets the catch-all route cannot see (CONNECT's authority form) still get keyhop's
+    own JSON answer, never aiohttp's plain 404."""
+    if request.match_info.http_exception is not None:
+        return await handle(request.app[KEYHOP], request)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """The Application's catch-all route (in-process apps, tests)."""
+    return await handle(request.app[KEYHOP], request)
+
+
+async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
+    """Every request lands here. Matching is done on the raw target, never on the decoded
+    path or an absolute-form URL; `keyhop serve` calls this from aiohttp's low-level server
+    (no router, no middlewares), in-process apps through `dispatch`."""
     from proxy.admin import handle_admin
 
-    kh = request.app[KEYHOP]
     started = time.perf_counter()
     info = AccessInfo()
     status = 500
-    kh.metrics.in_flight.inc()
+    kh.metrics.in_flight += 1
     try:
         target = request.raw_path
         if request.method == hdrs.METH_CONNECT or not target.startswith("/"):
@@ -556,5 +620,5 @@ async def dispatch(request: web.Request, handler: Any) -> web.StreamResponse:
             {"error": "internal_error", "message": "keyhop failed; see its log"}, status=500
         )
     finally:
-        kh.metrics.in_flight.dec()
+        kh.metrics.in_flight -= 1
         _log_access(request, info, status, started, kh)

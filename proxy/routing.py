@@ -77,6 +77,8 @@ def check_path(path: str) -> None:
     """Refuse dot-segments, raw or percent-encoded, and encoded separators that hide them."""
     if path.startswith("//"):
         raise BadRequest("the request path starts with '//', which names another host")
+    if "." not in path and "%" not in path and "\\" not in path:
+        return  # nothing here could form a dot-segment, however decoded
     for segment in path.split("/"):
         if ("." in segment or "%" in segment or "\\" in segment) and _has_dot_segment(segment):
             raise BadRequest("the request path holds a dot-segment ('..' or '.', raw or encoded)")

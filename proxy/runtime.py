@@ -12,26 +12,44 @@ from typing import Final
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from proxy.authorize import provider_headers
 from proxy.config import Config, ProviderConfig
+from proxy.deadlines import Deadlines
 from proxy.metrics import Metrics
 from proxy.ratelimit import Limiter
 from proxy.routing import RouteTable
 from proxy.schema import Redactor
 from proxy.store import Store
 from proxy.token_cache import CredentialManager
+from proxy.tokens import Credential
 
 log = logging.getLogger("keyhop")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ProviderRuntime:
     config: ProviderConfig
     ssl: ssl.SSLContext | bool
     timeout: ClientTimeout
+    needs_credential: bool = field(init=False)
+    _rendered: dict[tuple[str | None, str | None], list[tuple[str, str]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
-    @property
-    def needs_credential(self) -> bool:
-        return self.config.scheme.kind not in ("static", "none")
+    def __post_init__(self) -> None:
+        self.needs_credential = self.config.scheme.kind not in ("static", "none")
+
+    def headers_for(
+        self, credential: Credential | None, tenant: str | None
+    ) -> list[tuple[str, str]]:
+        """Provider and credential headers, rendered once per credential and tenant."""
+        key = (credential.token if credential is not None else None, tenant)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            if len(self._rendered) >= 1024:  # old tokens and tenants: start over
+                self._rendered.clear()
+            rendered = self._rendered[key] = provider_headers(self.config, credential, tenant)
+        return rendered
 
 
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:
@@ -56,9 +74,9 @@ class Runtime:
             name: ProviderRuntime(
                 p,
                 _ssl_context(p.ca_file),
-                ClientTimeout(
-                    total=None, sock_connect=p.timeouts.connect, sock_read=p.timeouts.read
-                ),
+                # the read timeout is applied by forward.py with asyncio.timeout: aiohttp's
+                # sock_read re-arms a timer on every read, a cost on every request
+                ClientTimeout(total=None, sock_connect=p.timeouts.connect, sock_read=None),
             )
             for name, p in self.config.providers.items()
         }
@@ -74,10 +92,16 @@ class Keyhop:
     metrics: Metrics
     clock: Callable[[], float] = time.time
     session: ClientSession | None = None
+    deadlines: Deadlines = field(default_factory=Deadlines)
     credentials: CredentialManager | None = None
     started_at: float = field(default_factory=time.time)
-    #: pending browser logins: state -> (provider, tenant, pkce verifier, created)
-    logins: dict[str, tuple[str, str | None, str | None, float]] = field(default_factory=dict)
+    #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop
+    answers_expect: bool = False
+    #: where access-log lines go: the logging module by default (tests see the records);
+    #: `keyhop serve` swaps in a buffered writer (proxy/logs.py)
+    access_log: Callable[[str], None] = field(
+        default_factory=lambda: logging.getLogger("keyhop.access").info
+    )
 
     @property
     def http(self) -> ClientSession:

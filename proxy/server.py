@@ -6,13 +6,15 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 
 from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
-from proxy.logs import JsonFormatter
+from proxy.forward import handle
+from proxy.logs import AccessWriter, JsonFormatter
 from proxy.runtime import KEYHOP
 
 log = logging.getLogger("keyhop")
@@ -22,9 +24,20 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     app = create_app(config)
     kh = app[KEYHOP]
     formatter.redact = kh.runtime.redact
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.drain_timeout
-    )
+    writer = AccessWriter(sys.stderr)
+    kh.access_log = writer
+    kh.answers_expect = True
+    # the app owns the services (HTTP session, store, credentials) through its cleanup_ctx;
+    # requests go through aiohttp's low-level server straight to forward.handle: no router,
+    # no middleware chain, nothing per request that keyhop does not need
+    app.freeze()
+    await app.startup()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return await handle(kh, request)
+
+    server = web.Server(handler, access_log=None, max_field_size=16384)
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -32,7 +45,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     sock.bind((config.listen.host, config.listen.port))
     sock.listen(1024)
     sock.setblocking(False)
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
     host, port = sock.getsockname()[:2]
     log.info(
@@ -66,7 +79,10 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("draining in-flight requests (up to %g s), then exiting", config.drain_timeout)
-    await runner.cleanup()
+    await runner.cleanup()  # stops listening, waits for in-flight requests
+    await app.shutdown()
+    await app.cleanup()
+    writer.flush()
     log.info("keyhop stopped")
 
 
