@@ -54,7 +54,10 @@ SMALL_BODY: Final = 64 * 1024  # answers up to this size are sent whole, in one 
 
 @dataclass(slots=True)
 class AccessInfo:
-    """One access-log line, filled in as the request goes (SPEC 4.7)."""
+    """One access-log line, filled in as the request goes (SPEC 4.7), and the task serving
+    the request (for the read-timeout watchdog)."""
+
+    task: asyncio.Task[Any]
 
     route: str | None = None
     provider: str | None = None
@@ -217,6 +220,7 @@ async def _peek(up: aiohttp.ClientResponse, rules: Any) -> tuple[Any, bytes]:
 
 async def _send(
     kh: Keyhop,
+    task: asyncio.Task[Any],
     prt: ProviderRuntime,
     method: str,
     url: URL,
@@ -224,7 +228,7 @@ async def _send(
     data: Any,
 ) -> aiohttp.ClientResponse:
     host = url.host
-    deadline = kh.deadlines.arm(prt.config.timeouts.read)
+    deadline = kh.deadlines.arm(prt.config.timeouts.read, task)
     try:
         return await kh.http.request(
             method,
@@ -282,7 +286,7 @@ async def _stream_back(
     headers = clean_response_headers(up.headers)
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
-    deadline = kh.deadlines.arm(read_timeout)
+    deadline = kh.deadlines.arm(read_timeout, info.task)
     try:
         if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
             # a small body of known length goes out in one write with its headers
@@ -416,7 +420,7 @@ async def _forward(
             ):
                 headers[name] = value
         started = time.perf_counter()
-        up = await _send(kh, prt, request.method, url, headers, data)
+        up = await _send(kh, info.task, prt, request.method, url, headers, data)
         elapsed = time.perf_counter() - started
         info.upstream_ms = round(elapsed * 1000, 3)
         kh.metrics.upstream(provider.name, elapsed)
@@ -585,7 +589,9 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     from proxy.admin import handle_admin
 
     started = time.perf_counter()
-    info = AccessInfo()
+    task = asyncio.current_task()
+    assert task is not None
+    info = AccessInfo(task)
     status = 500
     kh.metrics.in_flight += 1
     try:
