@@ -15,7 +15,7 @@ from typing import Final
 TICK: Final = 0.1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Deadline:
     task: asyncio.Task[object]
     at: float

@@ -8,7 +8,6 @@ every intermediate against golden values.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import string
@@ -23,7 +22,7 @@ NONCE_ALPHABET: Final = string.digits + string.ascii_letters
 
 def x_signature(key: bytes, timestamp: str) -> str:
     """Lowercase hex HMAC-SHA256 of the X-Timestamp string under the signing key."""
-    return hmac.new(key, timestamp.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, timestamp.encode("ascii"), "sha256").hex()
 
 
 # --- Saison MAC (SPEC 4.2) -------------------------------------------------------------------
@@ -37,7 +36,7 @@ def mac_normalized_string(
 
 
 def mac_signature(key: bytes, normalized: str) -> str:
-    return base64.b64encode(hmac.new(key, normalized.encode(), hashlib.sha256).digest()).decode()
+    return base64.b64encode(hmac.digest(key, normalized.encode(), "sha256")).decode()
 
 
 def mac_authorization(token: str, ts: str, nonce: str, mac: str) -> str:
@@ -67,7 +66,7 @@ def sesami_message(params: Mapping[str, Any]) -> str:
 
 
 def hmac_hex(key: bytes, message: str) -> str:
-    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, message.encode(), "sha256").hex()
 
 
 def sesami_candidates(params: Mapping[str, str]) -> list[str]:
