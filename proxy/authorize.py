@@ -53,19 +53,3 @@ def signature_headers(
     normalized = mac_normalized_string(ts, nonce, method, target, upstream.host, upstream.port)
     token = credential.token if credential else ""
     return [("Authorization", mac_authorization(token, ts, nonce, mac_signature(key, normalized)))]
-
-
-def outgoing_headers(
-    provider: ProviderConfig,
-    credential: Credential | None,
-    tenant: str | None,
-    method: str,
-    upstream: Upstream,
-    target: str,
-    now: float,
-    nonce: str = "",
-) -> list[tuple[str, str]]:
-    """Headers to set (replacing the client's of the same name), in order."""
-    return provider_headers(provider, credential, tenant) + signature_headers(
-        provider, credential, method, upstream, target, now, nonce
-    )

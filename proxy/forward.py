@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.auth import CredentialFlow
-from proxy.authorize import new_nonce, outgoing_headers, signature_headers
+from proxy.authorize import new_nonce, signature_headers
 from proxy.config import TENANT_RE, ProviderConfig
 from proxy.errors import (
     BadRequest,
@@ -350,6 +350,29 @@ async def proxy_request(
         raise
 
 
+def _set_auth_headers(
+    kh: Keyhop,
+    prt: ProviderRuntime,
+    headers: CIMultiDict[str],
+    credential: Credential | None,
+    tenant: str | None,
+    method: str,
+    match: RouteMatch,
+) -> None:
+    """keyhop's headers, set after the client's were cleaned (they replace same-named ones)."""
+    for name, value in prt.headers_for(credential, tenant):
+        headers[name] = value
+    sign = prt.config.sign
+    if sign is not None:
+        nonce = new_nonce() if sign.type == "mac" else ""
+        now = kh.clock()
+        upstream, target = match.route.upstream, match.upstream_target
+        for name, value in signature_headers(
+            prt.config, credential, method, upstream, target, now, nonce
+        ):
+            headers[name] = value
+
+
 async def _wait_for_budget(kh: Keyhop, provider: ProviderConfig) -> None:
     now = kh.clock()
     until = await kh.limiter.blocked_until(provider.name)
@@ -411,14 +434,7 @@ async def _forward(
     throttle_retries = 0
     waited = 0.0
     while True:
-        for name, value in prt.headers_for(credential, tenant):
-            headers[name] = value
-        if provider.sign is not None:
-            nonce = new_nonce() if provider.sign.type == "mac" else ""
-            for name, value in signature_headers(
-                provider, credential, request.method, route.upstream, target, kh.clock(), nonce
-            ):
-                headers[name] = value
+        _set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
         started = time.perf_counter()
         up = await _send(kh, info.task, prt, request.method, url, headers, data)
         elapsed = time.perf_counter() - started
@@ -469,19 +485,7 @@ async def _relay_websocket(
     tenant: str | None,
 ) -> web.StreamResponse:
     """Credentials at the handshake, then frames relayed both ways until either side closes."""
-    provider = prt.config
-    upstream = match.route.upstream
-    for name, value in outgoing_headers(
-        provider,
-        credential,
-        tenant,
-        "GET",
-        upstream,
-        match.upstream_target,
-        kh.clock(),
-        new_nonce(),
-    ):
-        headers[name] = value
+    _set_auth_headers(kh, prt, headers, credential, tenant, "GET", match)
     for name in list(headers):
         if name.lower().startswith("sec-websocket-"):
             del headers[name]

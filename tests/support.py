@@ -17,6 +17,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class Clock:
+    """One injected clock for keyhop and the fakes: expiry, replay and backoff tests without
+    sleeping."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

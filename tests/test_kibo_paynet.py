@@ -18,23 +18,10 @@ import pytest
 from proxy.sandbox.kibo import OVER_QPS, OVER_RATE, FakeKibo
 from proxy.sandbox.paynet import FakePayNet
 from tests.conftest import MakeProxy, StartUpstream
-from tests.support import assert_no_secrets
+from tests.support import Clock, assert_no_secrets
 
 KIBO_ID, KIBO_SECRET = "kibo-client-7f3a", "kibo-secret-9c1d2e3f"
 PAYNET_ID, PAYNET_SECRET = "paynet-client-1b2c", "paynet-secret-4d5e6f7a"
-
-
-class Clock:
-    """One injected clock for keyhop and the fakes: expiry tests without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

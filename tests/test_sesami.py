@@ -26,26 +26,13 @@ from proxy.runtime import KEYHOP
 from proxy.sandbox.sesami import FakeSesami
 from proxy.store import SqliteStore
 from tests.conftest import MakeProxy, StartUpstream, raw_url
-from tests.support import KeyhopProcess, assert_no_secrets, write_config
+from tests.support import Clock, KeyhopProcess, assert_no_secrets, write_config
 
 CLIENT_ID, CLIENT_SECRET = "sesami-client-3c4d", "sesami-secret-8e9f0a1b2c"
 SHOP_A, SHOP_B = "64b7f0c2e1a2b3c4d5e6f708", "shop-b.0002"
 SCOPES = ["read", "write"]
 AUTHORIZE_PATH = "/api/v1/oauth/authorization"
 TIMEOUT = aiohttp.ClientTimeout(total=10)
-
-
-class Clock:
-    """One injected clock for keyhop and the fake: replays without sleeping."""
-
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def sesami_config(

@@ -33,7 +33,7 @@ from proxy.sandbox.spaaza import ADMIN_USER_ID, HOSTNAME_HEADER, FakeSpaaza
 from proxy.store import SqliteStore
 from proxy.tokens import Credential
 from tests.conftest import MakeProxy, StartUpstream
-from tests.support import ROOT, KeyhopProcess, assert_no_secrets, write_config
+from tests.support import ROOT, Clock, KeyhopProcess, assert_no_secrets, write_config
 
 USERNAME = "pos-admin@shop.example.com"
 PASSWORD = "spaaza-pw-7Hq2xLr9Vw"
@@ -44,19 +44,6 @@ SHOP_HOST = "shop.example.com"
 SESSION_HEADERS = ("X-Spaaza-Session-User-Id", "X-Spaaza-Session-Key")
 
 Client = TestClient[web.Request, web.Application]
-
-
-class Clock:
-    """One injected clock for keyhop and the fake: expiry and backoff without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

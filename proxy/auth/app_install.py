@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlencode
 
-from proxy.auth.base import CredentialFlow, SchemeContext
+from proxy.auth.base import ClientApp, CredentialFlow, SchemeContext
 from proxy.auth.session_login import parse_expiry
 from proxy.errors import CredentialError, NotConnected
 from proxy.messages import HttpRequest
@@ -24,7 +24,7 @@ from proxy.tokens import Credential, token_error
 
 
 @dataclass(frozen=True)
-class AppInstall:
+class AppInstall(ClientApp):
     kind: ClassVar[str] = "oauth2_app_install"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = False
@@ -60,17 +60,6 @@ class AppInstall:
             max_skew=max_skew,
             token_field=node.string("token_field", "token") or "token",
         )
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client_id_value
-
-    @property
-    def signing_key(self) -> Secret | None:
-        return self.client_secret
-
-    def template_vars(self) -> Mapping[str, str | Secret]:
-        return {"client_id": self.client_id_value}
 
     def credential_flow(
         self, previous: Credential | None, tenant: str | None, now: float
@@ -142,6 +131,3 @@ class AppInstall:
         expire = data.get("expireAt") if isinstance(data, Mapping) else None
         expires_at = None if expire in (None, "NEVER", "never") else parse_expiry(expire)
         return Credential(token=token, expires_at=expires_at, obtained_at=now, kind="offline")
-
-    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
-        return {}

@@ -59,3 +59,25 @@ class AuthScheme(Protocol):
     ) -> CredentialFlow | None: ...
 
     def credential_headers(self, credential: Credential) -> Mapping[str, str]: ...
+
+
+class ClientApp:
+    """What every scheme identified by a client id and secret shares: `{client_id}` for
+    header templates, and the secret as the default `sign:` key. Mixed into the dataclass."""
+
+    client_id_value: str
+    client_secret: Secret
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client_id_value
+
+    @property
+    def signing_key(self) -> Secret | None:
+        return self.client_secret
+
+    def template_vars(self) -> Mapping[str, str | Secret]:
+        return {"client_id": self.client_id_value}
+
+    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
+        return {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import urlencode
 
-from proxy.auth.base import CredentialFlow, SchemeContext
+from proxy.auth.base import ClientApp, CredentialFlow, SchemeContext
 from proxy.errors import NotConnected
 from proxy.messages import HttpRequest
 from proxy.schema import Node, Secret
@@ -65,8 +65,26 @@ def read_secret_map(node: Node, key: str) -> dict[str, Secret]:
     return out
 
 
+class OAuthClient(ClientApp):
+    """An OAuth2 client with a token endpoint (RFC 6749 3.2)."""
+
+    token_url: str
+    client_auth: str
+    token_headers: Mapping[str, Secret]
+
+    def token_request(self, form: Mapping[str, str]) -> HttpRequest:
+        return token_request(
+            self.token_url,
+            form,
+            self.client_auth,
+            self.client_id_value,
+            self.client_secret,
+            self.token_headers,
+        )
+
+
 @dataclass(frozen=True)
-class ClientCredentials:
+class ClientCredentials(OAuthClient):
     """RFC 6749 4.4: no refresh token; the grant is simply run again before expiry."""
 
     kind: ClassVar[str] = "oauth2_client_credentials"
@@ -95,17 +113,6 @@ class ClientCredentials:
             token_params=read_secret_map(node, "token_params"),
         )
 
-    @property
-    def client_id(self) -> str | None:
-        return self.client_id_value
-
-    @property
-    def signing_key(self) -> Secret | None:
-        return self.client_secret
-
-    def template_vars(self) -> Mapping[str, str | Secret]:
-        return {"client_id": self.client_id_value}
-
     def credential_flow(
         self, previous: Credential | None, tenant: str | None, now: float
     ) -> CredentialFlow:
@@ -113,18 +120,8 @@ class ClientCredentials:
         if self.scope:
             form["scope"] = self.scope
         form.update({k: v.reveal() for k, v in self.token_params.items()})
-        response = yield token_request(
-            self.token_url,
-            form,
-            self.client_auth,
-            self.client_id_value,
-            self.client_secret,
-            self.token_headers,
-        )
+        response = yield self.token_request(form)
         return parse_token_response(self.provider, response, now)
-
-    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
-        return {}
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -135,7 +132,7 @@ def pkce_pair() -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class AuthorizationCode:
+class AuthorizationCode(OAuthClient):
     """RFC 6749 4.1 once (a person at a browser), then 6 (refresh) for as long as it lasts.
 
     The refresh token lives in the store; only a login can create the first one, so with
@@ -175,17 +172,6 @@ class AuthorizationCode:
             authorize_params={str(k): params.string(str(k)) or "" for k in params.raw},
         )
 
-    @property
-    def client_id(self) -> str | None:
-        return self.client_id_value
-
-    @property
-    def signing_key(self) -> Secret | None:
-        return self.client_secret
-
-    def template_vars(self) -> Mapping[str, str | Secret]:
-        return {"client_id": self.client_id_value}
-
     def login_hint(self, tenant: str | None) -> str:
         flag = f" --tenant {tenant}" if tenant else ""
         query = f"?tenant={tenant}" if tenant else ""
@@ -217,14 +203,7 @@ class AuthorizationCode:
             form["redirect_uri"] = redirect_uri
         if verifier:
             form["code_verifier"] = verifier
-        response = yield token_request(
-            self.token_url,
-            form,
-            self.client_auth,
-            self.client_id_value,
-            self.client_secret,
-            self.token_headers,
-        )
+        response = yield self.token_request(form)
         return parse_token_response(self.provider, response, now)
 
     def credential_flow(
@@ -236,15 +215,5 @@ class AuthorizationCode:
 
     def _refresh(self, refresh_token: str, now: float) -> CredentialFlow:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        response = yield token_request(
-            self.token_url,
-            form,
-            self.client_auth,
-            self.client_id_value,
-            self.client_secret,
-            self.token_headers,
-        )
+        response = yield self.token_request(form)
         return parse_token_response(self.provider, response, now, previous_refresh=refresh_token)
-
-    def credential_headers(self, credential: Credential) -> Mapping[str, str]:
-        return {}
