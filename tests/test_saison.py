@@ -20,7 +20,7 @@ from yarl import URL
 from proxy.sandbox.saison import FakeSaison
 from proxy.store import SqliteStore
 from tests.conftest import MakeProxy, StartUpstream
-from tests.support import ROOT, KeyhopProcess, assert_no_secrets, write_config
+from tests.support import ROOT, KeyhopProcess, assert_no_secrets, free_port, write_config
 
 CLIENT_ID, CLIENT_SECRET = "saison-client-5e6f", "saison-secret-7a8b9c0d"
 
@@ -376,3 +376,49 @@ async def test_kill_9_during_a_refresh_leaves_a_usable_refresh_token(
                 await asyncio.sleep(0.2)
     finally:
         proc.stop()
+
+
+async def test_keyhop_login_notices_when_a_running_keyhops_callback_finishes_the_login(
+    upstream: StartUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    fake, base = await start_saison(upstream)
+    db = tmp_path / "tokens.db"
+    port = free_port()
+    config_data = saison_config(base, ca_file, f"sqlite://{db}")
+    config_data["providers"]["saison"]["auth"]["redirect_uri"] = (
+        f"http://127.0.0.1:{port}/-/oauth/saison/callback"
+    )
+    config = write_config(tmp_path / "k.yaml", config_data)
+    server = _start(config, tmp_path, port=port)
+    try:
+        await _wait_http(server.url)
+        login = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "login", "saison", "--tenant", "m3", "--config",
+            str(config), cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert login.stdout is not None
+        printed = b""
+        while b"/authorize" not in printed:
+            printed += await asyncio.wait_for(login.stdout.readline(), 10)
+        authorize = next(w for w in printed.decode().split() if "/authorize" in w)
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=ca_file)
+        async with aiohttp.ClientSession() as browser:
+            async with browser.post(
+                authorize, data={"decision": "allow"}, ssl=ctx, allow_redirects=False
+            ) as submit:
+                callback = submit.headers["Location"]
+            assert callback.startswith(f"{server.url}/-/oauth/saison/callback?")
+            async with browser.get(URL(callback, encoded=True)) as done:
+                assert done.status == 200, await done.text()
+        out, err = await asyncio.wait_for(login.communicate(), 15)
+        assert login.returncode == 0, err.decode()
+        assert "connected" in out.decode()
+        async with aiohttp.ClientSession(headers={"X-Keyhop-Tenant": "m3"}) as s:
+            async with s.get(server.url + "/saison/api/x") as r:
+                assert r.status == 200
+        assert fake.codes_issued == 1
+    finally:
+        server.stop()
