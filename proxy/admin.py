@@ -14,7 +14,7 @@ from proxy.errors import NoRoute
 from proxy.runtime import Keyhop
 
 if TYPE_CHECKING:
-    from proxy.forward import AccessInfo
+    from proxy.access import AccessInfo
 
 
 def _iso(ts: float | None) -> str | None:

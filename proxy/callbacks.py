@@ -26,7 +26,7 @@ from proxy.runtime import Keyhop
 from proxy.tokens import Credential
 
 if TYPE_CHECKING:
-    from proxy.forward import AccessInfo
+    from proxy.access import AccessInfo
 
 LOGIN_STATE: Final = "-login-"  # store namespace for pending logins (not a provider name)
 LOGIN_TTL: Final = 600.0

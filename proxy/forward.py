@@ -13,14 +13,14 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.access import AccessInfo, log_access
 from proxy.auth import CredentialFlow
 from proxy.authorize import new_nonce, signature_headers
 from proxy.config import TENANT_RE, ProviderConfig
@@ -41,8 +41,8 @@ from proxy.ratelimit import MAX_PACING_WAIT, reset_time, retry_after_seconds
 from proxy.routing import RouteMatch
 from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
 from proxy.tokens import Credential
+from proxy.websocket import is_upgrade, relay_websocket
 
-access_log = logging.getLogger("keyhop.access")
 log = logging.getLogger("keyhop")
 
 MAX_THROTTLE_RETRIES: Final = 2
@@ -50,22 +50,6 @@ MAX_THROTTLE_WAIT: Final = 10.0
 MAX_TOKEN_RESPONSE: Final = 1024 * 1024
 MAX_PEEK: Final = 64 * 1024  # how much of an error body is read to match `json:` rules
 SMALL_BODY: Final = 64 * 1024  # answers up to this size are sent whole, in one write
-
-
-@dataclass(slots=True)
-class AccessInfo:
-    """One access-log line, filled in as the request goes (SPEC 4.7), and the task serving
-    the request (for the read-timeout watchdog)."""
-
-    task: asyncio.Task[Any]
-
-    route: str | None = None
-    provider: str | None = None
-    tenant: str | None = None
-    upstream_ms: float | None = None
-    credential: str | None = None
-    error: str | None = None
-    aborted: bool = False
 
 
 class UpstreamCut(Exception):
@@ -322,12 +306,6 @@ async def _stream_back(
         up.release()
 
 
-def _is_upgrade(request: web.BaseRequest) -> bool:
-    return "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower() and bool(
-        request.headers.get(hdrs.UPGRADE)
-    )
-
-
 async def proxy_request(
     kh: Keyhop, request: web.BaseRequest, info: AccessInfo
 ) -> web.StreamResponse:
@@ -350,7 +328,7 @@ async def proxy_request(
         raise
 
 
-def _set_auth_headers(
+def set_auth_headers(
     kh: Keyhop,
     prt: ProviderRuntime,
     headers: CIMultiDict[str],
@@ -407,7 +385,7 @@ async def _forward(
 ) -> web.StreamResponse:
     provider = prt.config
     route = match.route
-    upgrade = _is_upgrade(request)
+    upgrade = is_upgrade(request)
     if upgrade and not route.websocket:
         raise BadRequest(f"protocol upgrades are not allowed on {route.prefix} (websocket: false)")
     await _wait_for_budget(kh, provider)
@@ -421,7 +399,7 @@ async def _forward(
         info.credential = provider.kind
 
     if upgrade:
-        return await _relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
+        return await relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
 
     if kh.answers_expect and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
         # only the low-level server leaves this to us (an Application answers it itself):
@@ -434,7 +412,7 @@ async def _forward(
     throttle_retries = 0
     waited = 0.0
     while True:
-        _set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
+        set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
         started = time.perf_counter()
         up = await _send(kh, info.task, prt, request.method, url, headers, data)
         elapsed = time.perf_counter() - started
@@ -474,101 +452,7 @@ async def _forward(
         return await _stream_back(kh, request, up, info, provider.timeouts.read)
 
 
-async def _relay_websocket(
-    kh: Keyhop,
-    request: web.BaseRequest,
-    prt: ProviderRuntime,
-    match: RouteMatch,
-    url: URL,
-    headers: CIMultiDict[str],
-    credential: Credential | None,
-    tenant: str | None,
-) -> web.StreamResponse:
-    """Credentials at the handshake, then frames relayed both ways until either side closes."""
-    _set_auth_headers(kh, prt, headers, credential, tenant, "GET", match)
-    for name in list(headers):
-        if name.lower().startswith("sec-websocket-"):
-            del headers[name]
-    protocols = [
-        p.strip()
-        for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")
-        if p.strip()
-    ]
-    try:
-        ws = await kh.http.ws_connect(
-            url,
-            headers=headers,
-            protocols=protocols,
-            ssl=prt.ssl,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        return web.json_response(
-            {"error": "upstream_refused_upgrade", "message": f"upstream answered {exc.status}"},
-            status=502,
-        )
-    except (aiohttp.ClientError, TimeoutError):
-        raise UpstreamUnreachable(f"cannot open a WebSocket to {url.host}") from None
-    client = web.WebSocketResponse(protocols=[ws.protocol] if ws.protocol else ())
-    await client.prepare(request)
-
-    async def pump(
-        source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-    ) -> None:
-        async for msg in source:
-            if msg.type == WSMsgType.TEXT:
-                await sink.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await sink.send_bytes(msg.data)
-            else:
-                break
-        await sink.close()
-
-    tasks = [asyncio.create_task(pump(client, ws)), asyncio.create_task(pump(ws, client))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await ws.close()
-        await client.close()
-    return client
-
-
 # -- the one entry point -----------------------------------------------------------------------
-
-
-_str = json.encoder.encode_basestring_ascii
-
-
-def _json_or_null(value: str | None) -> str:
-    return "null" if value is None else _str(value)
-
-
-def _log_access(
-    request: web.BaseRequest, info: AccessInfo, status: int, started: float, kh: Keyhop
-) -> None:
-    """One JSON object per request, built by hand: this runs on every request."""
-    path, _, query = request.raw_path.partition("?")
-    line = (
-        f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
-        f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(info.tenant)},'
-        f'"method":{_str(request.method)},"path":{_str(path)},"status":{status},'
-        f'"duration_ms":{(time.perf_counter() - started) * 1000:.3f},'
-        f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
-        f'"credential":{_json_or_null(info.credential)}'
-    )
-    if query:  # names only: a query can carry codes and keys
-        keys = sorted({p.partition("=")[0] for p in query.split("&") if p})
-        line += ',"query_keys":[' + ",".join(map(_str, keys)) + "]"
-    if info.error:
-        line += f',"error":{_str(info.error)}'
-    if info.aborted:
-        line += ',"aborted":true'
-    kh.access_log(kh.runtime.redact(line + "}"))
-    kh.metrics.request(info.route or "", info.provider or "", status)
 
 
 @web.middleware
@@ -631,4 +515,4 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         )
     finally:
         kh.metrics.in_flight -= 1
-        _log_access(request, info, status, started, kh)
+        log_access(request, info, status, started, kh)

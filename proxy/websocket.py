@@ -1,0 +1,87 @@
+"""WebSocket routes (SPEC 4.1): credentials at the handshake, then frames relayed both ways.
+An upgrade on any other route is refused by forward.py, never passed on bare."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import WSMsgType, hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.errors import UpstreamUnreachable
+from proxy.routing import RouteMatch
+from proxy.runtime import Keyhop, ProviderRuntime
+from proxy.tokens import Credential
+
+
+def is_upgrade(request: web.BaseRequest) -> bool:
+    return "upgrade" in request.headers.get(hdrs.CONNECTION, "").lower() and bool(
+        request.headers.get(hdrs.UPGRADE)
+    )
+
+
+async def relay_websocket(
+    kh: Keyhop,
+    request: web.BaseRequest,
+    prt: ProviderRuntime,
+    match: RouteMatch,
+    url: URL,
+    headers: CIMultiDict[str],
+    credential: Credential | None,
+    tenant: str | None,
+) -> web.StreamResponse:
+    """Credentials at the handshake, then frames relayed both ways until either side closes."""
+    from proxy.forward import set_auth_headers
+
+    set_auth_headers(kh, prt, headers, credential, tenant, "GET", match)
+    for name in list(headers):
+        if name.lower().startswith("sec-websocket-"):
+            del headers[name]
+    protocols = [
+        p.strip()
+        for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")
+        if p.strip()
+    ]
+    try:
+        ws = await kh.http.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            ssl=prt.ssl,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return web.json_response(
+            {"error": "upstream_refused_upgrade", "message": f"upstream answered {exc.status}"},
+            status=502,
+        )
+    except (aiohttp.ClientError, TimeoutError):
+        raise UpstreamUnreachable(f"cannot open a WebSocket to {url.host}") from None
+    client = web.WebSocketResponse(protocols=[ws.protocol] if ws.protocol else ())
+    await client.prepare(request)
+
+    async def pump(
+        source: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+        sink: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    ) -> None:
+        async for msg in source:
+            if msg.type == WSMsgType.TEXT:
+                await sink.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await sink.send_bytes(msg.data)
+            else:
+                break
+        await sink.close()
+
+    tasks = [asyncio.create_task(pump(client, ws)), asyncio.create_task(pump(ws, client))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ws.close()
+        await client.close()
+    return client
