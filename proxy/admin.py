@@ -34,11 +34,15 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
     for name, prt in kh.runtime.providers.items():
         provider = prt.config
         keys = {k for k in stored if k[0] == name} | {k for k in kh.manager.states if k[0] == name}
+        if not provider.tenants:
+            keys.add((name, ""))  # a single-account provider is always listed
         tenants = []
         for key in sorted(keys):
             credential = kh.manager.cached(*key) or stored.get(key)
             state = kh.manager.states.get(key)
-            if credential is None:
+            if not prt.needs_credential:
+                status = "static"  # headers only (static) or the client's own (none)
+            elif credential is None:
                 status = "missing"
             elif credential.is_expired(now):
                 status = "expired"
@@ -69,7 +73,6 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
             "auth": provider.kind,
             "routes": [r.prefix for r in kh.runtime.config.routes if r.provider == name],
             "tenants_required": provider.tenants,
-            "credential": "static" if provider.kind in ("static", "none") else None,
             "tenants": tenants,
         }
     return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}

@@ -36,6 +36,7 @@ class _ForwardedRequest(ClientRequest):
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     kh = app[KEYHOP]
+    await kh.store.open()  # first: when it fails, nothing else is left open
     # never follow redirects (per request), never decompress, never add headers the client
     # did not send: keyhop forwards, it does not browse
     kh.session = ClientSession(
@@ -45,7 +46,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         # upstream cookies belong to the client: passed through, never kept
         cookie_jar=DummyCookieJar(),
     )
-    await kh.store.open()
     kh.deadlines.start()
 
     async def runner(provider: ProviderConfig, flow: CredentialFlow) -> Credential:

@@ -12,6 +12,7 @@ the signed `uninstall_app` event. A bad hmac gets 401 and changes nothing.
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import secrets
 from typing import TYPE_CHECKING, Final
@@ -50,8 +51,24 @@ def _redirect(location: str) -> web.Response:
 
 
 def callback_url(request: web.BaseRequest, provider: str) -> str:
-    """keyhop's own callback as the browser reaches it (used when none is configured)."""
-    host = request.headers.get("Host", "127.0.0.1")
+    """keyhop's own callback as the browser reaches it, when none is configured.
+
+    Only a loopback Host is trusted to build it: a code must never be sent to whatever host
+    a request claims to be (DNS rebinding). Elsewhere, configure `auth.redirect_uri`.
+    """
+    host = request.headers.get("Host", "")
+    name = (
+        host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    )
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise BadRequest(
+            f"set providers.{provider}.auth.redirect_uri: keyhop builds its callback URL "
+            "only for loopback addresses"
+        )
     return f"http://{host}/-/oauth/{provider}/callback"
 
 
@@ -92,7 +109,7 @@ async def finish_login(kh: Keyhop, provider: ProviderConfig, code: str, state: s
         code, pending.fields.get("redirect_uri") or None, pending.fields.get("verifier"), kh.clock()
     )
     credential = await run_flow(kh, provider, flow)
-    await kh.manager.remember(provider.name, tenant, credential)
+    await kh.manager.remember(provider, tenant, credential)
     return tenant
 
 
@@ -152,7 +169,7 @@ async def _app_install(
         if not code:
             raise BadRequest("the callback carries no code")
         credential = await run_flow(kh, provider, scheme.exchange_flow(code, shop, kh.clock()))
-        await kh.manager.remember(provider.name, shop, credential)
+        await kh.manager.remember(provider, shop, credential)
         if scheme.after_install_url:
             return _redirect(scheme.after_install_url)
         return _page("Connected", f"Shop {shop} is connected to keyhop ({provider.name}).")

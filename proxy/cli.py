@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from proxy import __version__
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("KEYHOP_CONFIG", "config/keyhop.yaml")
 
@@ -56,6 +57,11 @@ def _load(path: str, listen: str | None = None) -> Config | None:
             print(problem, file=sys.stderr)
         print(f"{path}: {len(exc.problems)} problem(s); nothing started", file=sys.stderr)
         return None
+    except Exception as exc:  # a shape the validator did not foresee: still no traceback
+        print(
+            f"{path}: could not be read as a keyhop config ({type(exc).__name__})", file=sys.stderr
+        )
+        return None
 
 
 def _when(ts: float | None) -> str:
@@ -68,7 +74,11 @@ async def _tokens(config: Config, action: str, provider: str | None, tenant: str
     from proxy.store import open_store
 
     store = open_store(config.store)
-    await store.open()
+    try:
+        await store.open()
+    except (OSError, sqlite3.Error) as exc:
+        print(f"keyhop tokens: cannot open the store {store.description}: {exc}", file=sys.stderr)
+        return 1
     try:
         if action == "revoke":
             if provider is None:
@@ -81,7 +91,11 @@ async def _tokens(config: Config, action: str, provider: str | None, tenant: str
             who = provider + (f" (tenant {tenant})" if tenant else "")
             print(f"revoked {who}" if removed else f"nothing stored for {who}")
             return 0
-        items = await store.items()
+        items = [
+            i for i in await store.items() if i.provider in config.providers
+        ]  # pending logins and providers no longer configured are not credentials to list
+        if provider is not None:
+            items = [i for i in items if i.provider == provider]
         if not items:
             print(f"the store ({store.description}) holds nothing")
             return 0
@@ -117,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter = setup_logging(args.log_level)
         try:
             run(config, args.config, args.listen, formatter)
+        except StoreUnavailable as exc:
+            print(f"keyhop: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(f"keyhop: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
             return 1

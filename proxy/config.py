@@ -176,6 +176,10 @@ def _interpolate(value: Any, path: str, problems: Problems, found: set[str]) -> 
             file_path = ref[5:]
             try:
                 text = Path(file_path).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                problems.add(path, f"secret file {file_path} is not UTF-8 text")
+                problems.reported.add(path)
+                return ""
             except OSError as exc:
                 problems.add(path, f"cannot read secret file {file_path}: {exc.strerror}")
                 problems.reported.add(path)
@@ -274,7 +278,7 @@ def _read_provider(
     path = f"providers.{name}"
     preset_name = raw.get("preset") if isinstance(raw, Mapping) else None
     if preset_name is not None:
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             problems.add(
                 f"{path}.preset",
                 f"unknown {describe(preset_name)}; expected one of: {', '.join(sorted(PRESETS))}",
@@ -425,16 +429,25 @@ def parse_config(
         listen = Listen("127.0.0.1", 8080)
 
     store = root.string("store") or default_store()
+    if store == "memory":
+        store = "memory:"
     if not (store == "memory:" or store.startswith(("sqlite://", "redis://", "rediss://"))):
         problems.add(
-            "store", f"expected sqlite://PATH, memory: or redis://HOST:PORT/DB, found {store!r}"
+            "store",
+            f'expected sqlite://PATH, "memory:" or redis://HOST:PORT/DB, found {store!r}',
         )
+    elif store == "sqlite://":
+        problems.add("store", "sqlite:// needs a file path, e.g. sqlite:///var/lib/keyhop/t.db")
 
     cnode = root.child("clients")
     keys = []
-    for i, _ in enumerate(cnode.seq("keys")):
-        keys.append(Node({"k": cnode.raw["keys"][i]}, f"clients.keys[{i}]", problems).secret("k"))
-    client_keys = tuple(k for k in keys if k is not None)
+    for i, item in enumerate(cnode.seq("keys")):
+        if item is None or item == "" or isinstance(item, bool) or not isinstance(item, str | int):
+            # a key that is not there must never mean "no key needed"
+            problems.add(f"clients.keys[{i}]", f"expected a non-empty key, found {describe(item)}")
+            continue
+        keys.append(Secret(str(item)))
+    client_keys = tuple(keys)
     cnode.finish()
     if not listen.is_loopback() and not client_keys:
         problems.add(
@@ -536,6 +549,8 @@ def parse_config(
 def load_config(path: str, *, listen_override: str | None = None) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     try:

@@ -98,3 +98,7 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class StoreUnavailable(Exception):
+    """The token store could not be opened at startup (a path that cannot be created)."""

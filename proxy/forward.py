@@ -53,7 +53,12 @@ SMALL_BODY: Final = 64 * 1024  # answers up to this size are sent whole, in one 
 
 
 class UpstreamCut(Exception):
-    """The upstream ended its body early; the client connection was aborted to match."""
+    """The upstream ended its body early; the client connection was aborted to match.
+    `response` is what the client already got (None when nothing was sent yet)."""
+
+    def __init__(self, response: web.StreamResponse | None = None) -> None:
+        super().__init__("the upstream cut its answer short")
+        self.response = response
 
 
 # -- credential flows --------------------------------------------------------------------------
@@ -122,7 +127,7 @@ def _check_client_key(kh: Keyhop, request: web.BaseRequest) -> None:
     keys = kh.runtime.client_keys
     if not keys:
         return
-    given = request.headers.get("X-Keyhop-Key", "").encode()
+    given = request.headers.get("X-Keyhop-Key", "").encode("utf-8", "surrogateescape")
     ok = False
     for key in keys:
         ok |= hmac.compare_digest(given, key)
@@ -251,12 +256,42 @@ async def _send(
         kh.deadlines.disarm(deadline)
 
 
-def _cut_short(request: web.BaseRequest, info: AccessInfo) -> UpstreamCut:
+class _Relayed:
+    """Mixin for the answers keyhop relays: aiohttp adds a default Content-Type and its own
+    Server header to every response; an upstream's answer keeps only what the upstream sent."""
+
+    _upstream_sent: frozenset[str] = frozenset()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()  # type: ignore[misc]
+        headers: CIMultiDict[str] = self.headers  # type: ignore[attr-defined]
+        for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
+            if name not in self._upstream_sent:
+                headers.popall(name, None)
+
+
+class RelayedResponse(_Relayed, web.Response):
+    pass
+
+
+class RelayedStreamResponse(_Relayed, web.StreamResponse):
+    pass
+
+
+def _relayed(response: _Relayed, upstream_headers: Any) -> None:
+    response._upstream_sent = frozenset(
+        name for name in (hdrs.CONTENT_TYPE, hdrs.SERVER) if name in upstream_headers
+    )
+
+
+def _cut_short(
+    request: web.BaseRequest, info: AccessInfo, sent: web.StreamResponse | None = None
+) -> UpstreamCut:
     """The upstream ended its body early: the client must see a cut too, never a clean end."""
     info.aborted = True
     if request.transport is not None:
         request.transport.abort()
-    return UpstreamCut()
+    return UpstreamCut(sent)
 
 
 async def _stream_back(
@@ -271,15 +306,33 @@ async def _stream_back(
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
     deadline = kh.deadlines.arm(read_timeout, info.task)
+    sent: web.StreamResponse | None = None
     try:
         if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
             # a small body of known length goes out in one write with its headers
-            body = prefix + await up.read()
-            return web.Response(status=up.status, reason=up.reason, headers=headers, body=body)
-        response = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+            chunks = [prefix] if prefix else []
+            try:
+                while chunk := await up.content.readany():
+                    chunks.append(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                # what arrived goes out under the declared length, then the cut: the
+                # client sees a short body, exactly as on the streamed path
+                partial = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
+                _relayed(partial, up.headers)
+                partial.content_length = declared
+                await partial.prepare(request)
+                await partial.write(b"".join(chunks))
+                raise _cut_short(request, info, partial) from None
+            body = b"".join(chunks)
+            small = RelayedResponse(status=up.status, reason=up.reason, headers=headers, body=body)
+            _relayed(small, up.headers)
+            return small
+        response = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
+        _relayed(response, up.headers)
         if declared is not None:
             response.content_length = declared
         await response.prepare(request)
+        sent = response
         if prefix:
             await response.write(prefix)
         loop = asyncio.get_running_loop()
@@ -295,12 +348,12 @@ async def _stream_back(
         return response
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):
-            raise _cut_short(request, info) from None
+            raise _cut_short(request, info, sent) from None
         raise
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
             raise  # the client went away; nothing to tell it
-        raise _cut_short(request, info) from None
+        raise _cut_short(request, info, sent) from None
     finally:
         kh.deadlines.disarm(deadline)
         up.release()
@@ -496,9 +549,10 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         info.error = exc.code
         status = exc.status
         return error_response(kh, exc)
-    except UpstreamCut:
-        status = 502
-        raise
+    except UpstreamCut as cut:
+        # the connection is already aborted; aiohttp's last write onto it fails quietly
+        status = cut.response.status if cut.response is not None else 502
+        return cut.response or web.Response(status=502)
     except web.HTTPException as exc:
         status = exc.status
         raise

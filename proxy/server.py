@@ -8,13 +8,14 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 
 from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import Config, load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StoreUnavailable
 from proxy.forward import handle
 from proxy.logs import AccessWriter, JsonFormatter
 from proxy.runtime import KEYHOP
@@ -33,7 +34,13 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     # requests go through aiohttp's low-level server straight to forward.handle: no router,
     # no middleware chain, nothing per request that keyhop does not need
     app.freeze()
-    await app.startup()
+    try:
+        await app.startup()
+    except (OSError, sqlite3.Error) as exc:
+        await app.cleanup()
+        raise StoreUnavailable(
+            f"cannot open the token store {kh.store.description}: {exc}"
+        ) from None
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)

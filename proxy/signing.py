@@ -82,8 +82,9 @@ def sesami_candidates(params: Mapping[str, str]) -> list[str]:
 
 def verify_sesami(key: bytes, params: Mapping[str, str], given: str) -> bool:
     """True when `given` is the lowercase hex HMAC of the params in either timestamp form."""
+    given_bytes = given.encode("utf-8", "surrogateescape")  # any bytes: refused, not a crash
     ok = False
     for message in sesami_candidates(params):
         # compare every candidate, in constant time each, so timing says nothing
-        ok |= hmac.compare_digest(hmac_hex(key, message), given)
+        ok |= hmac.compare_digest(hmac_hex(key, message).encode(), given_bytes)
     return ok

@@ -35,6 +35,8 @@ class Store(Protocol):
     """The token store seam; every method is safe to call concurrently."""
 
     description: str
+    #: False while the store cannot be reached (Redis down): an absent record means nothing
+    healthy: bool
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -60,6 +62,7 @@ class Store(Protocol):
 
 class MemoryStore:
     description = "memory:"
+    healthy = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._data: dict[tuple[str, str], Credential] = {}
@@ -121,6 +124,8 @@ CREATE TABLE IF NOT EXISTS locks (
 
 class SqliteStore:
     """stdlib sqlite3 on one worker thread, so no blocking I/O runs on the event loop."""
+
+    healthy = True
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self.path = path

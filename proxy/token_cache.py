@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 from cachetools import TLRUCache
@@ -31,6 +31,7 @@ LOCK_TTL: Final = 30.0  # SPEC 4.4: a dead lock holder blocks the others at most
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 60.0
 POLL_INTERVAL: Final = 0.05
+RECHECK: Final = 5.0  # seconds between checks of a cached credential against the store
 
 Key = tuple[str, str]
 FlowRunner = Callable[[ProviderConfig, CredentialFlow], Awaitable[Credential]]
@@ -81,6 +82,8 @@ class CredentialManager:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._renewing: dict[Key, asyncio.Task[None]] = {}
         self._refused: dict[Key, str] = {}  # the last token an upstream refused, per key
+        self._checked: dict[Key, float] = {}  # when a cached credential was last held to the store
+        self._background: set[asyncio.Task[None]] = set()
         self.states: dict[Key, KeyState] = {}
 
     # -- the request path ----------------------------------------------------------------------
@@ -90,8 +93,12 @@ class CredentialManager:
         key = (provider.name, tenant or "")
         credential = self._cache.get(key)
         if credential is not None:
-            if self._clock() >= credential.renew_at():
+            now = self._clock()
+            if now >= credential.renew_at():
                 self._renew_in_background(provider, tenant, credential)
+            elif now - self._checked.get(key, 0.0) >= RECHECK:
+                self._checked[key] = now
+                self._recheck_in_background(provider, tenant, credential)
             return credential, "memory"
         return await self._obtain(provider, tenant, stale=None)
 
@@ -117,12 +124,49 @@ class CredentialManager:
         for key in [k for k in self._cache if k[0] == provider and tenant in (None, k[1])]:
             self._cache.pop(key, None)
 
-    async def remember(self, provider: str, tenant: str | None, credential: Credential) -> None:
+    async def remember(
+        self, provider: ProviderConfig, tenant: str | None, credential: Credential
+    ) -> None:
         """Store a credential obtained outside get() (a login callback, an app install)."""
-        await self.store.put(provider, tenant, credential)
-        key = (provider, tenant or "")
+        credential = replace(credential, identity=provider.scheme.identity())
+        await self.store.put(provider.name, tenant, credential)
+        key = (provider.name, tenant or "")
         self._cache[key] = credential
+        self._refused.pop(key, None)
         self.states.pop(key, None)  # a fresh login ends any backoff of the old one
+
+    async def _stored(self, provider: ProviderConfig, tenant: str | None) -> Credential | None:
+        """The store's record, unless it was obtained by another setup of this provider."""
+        stored = await self.store.get(provider.name, tenant)
+        if stored is not None and stored.identity and stored.identity != provider.scheme.identity():
+            return None
+        return stored
+
+    def _recheck_in_background(
+        self, provider: ProviderConfig, tenant: str | None, cached: Credential
+    ) -> None:
+        """Follow the store: a revoked record (keyhop tokens revoke, an uninstall on another
+        replica) stops being used; a newer one (another process renewed) is taken up."""
+        key = (provider.name, tenant or "")
+
+        async def recheck() -> None:
+            try:
+                stored = await self._stored(provider, tenant)
+            except Exception:  # a store hiccup: try again at the next interval
+                return
+            if self._cache.get(key) is not cached:
+                return
+            if stored is None:
+                if self.store.healthy:
+                    self._cache.pop(key, None)
+            elif stored.token != cached.token and self._usable_newer(
+                key, stored, cached, self._clock()
+            ):
+                self._cache[key] = stored
+
+        task = asyncio.create_task(recheck())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def cached(self, provider: str, tenant: str | None) -> Credential | None:
         return self._cache.get((provider, tenant or ""))
@@ -158,12 +202,14 @@ class CredentialManager:
             cached = self._cache.get(key)
             if cached is not None and cached is not stale and now < cached.renew_at():
                 return cached, "memory"
-            stored = await self.store.get(provider.name, tenant)
+            stored = await self._stored(provider, tenant)
             if self._usable_newer(key, stored, stale, now):
                 assert stored is not None
                 self._cache[key] = stored
                 return stored, "store"
-            previous = stored or stale
+            # a reachable store without the record means it was revoked: a refresh token
+            # still held in memory must not bring it back
+            previous = stored if stored is not None or self.store.healthy else stale
             return await self._fetch(provider, tenant, previous), "fetched"
 
     def _usable_newer(
@@ -192,7 +238,7 @@ class CredentialManager:
         while owner is None:
             # another process is fetching: take its result from the store when it lands
             await asyncio.sleep(POLL_INTERVAL)
-            stored = await self.store.get(provider.name, tenant)
+            stored = await self._stored(provider, tenant)
             if self._usable_newer(key, stored, previous, self._clock()):
                 assert stored is not None
                 self._cache[key] = stored
@@ -200,7 +246,7 @@ class CredentialManager:
             owner = await self.store.acquire(provider.name, tenant, self.lock_ttl)
         try:
             # the holder before us may have written a newer one just now
-            stored = await self.store.get(provider.name, tenant)
+            stored = await self._stored(provider, tenant)
             if self._usable_newer(key, stored, previous, self._clock()):
                 assert stored is not None
                 self._cache[key] = stored
@@ -220,6 +266,7 @@ class CredentialManager:
                 return self._fallback(provider, previous, state, self._clock(), exc)
             self._observe(provider.name, ok=True)
             # persisted before first use: a rotated refresh token must never be lost
+            credential = replace(credential, identity=provider.scheme.identity())
             await self.store.put(provider.name, tenant, credential)
             self._cache[key] = credential
             state.failures = 0
@@ -249,7 +296,7 @@ class CredentialManager:
                     raise
                 # a lost rotation race: another process refreshed with the same token and
                 # stored the new one; use that instead of giving up (SPEC 4.4)
-                latest = await self.store.get(provider.name, tenant)
+                latest = await self._stored(provider, tenant)
                 if (
                     attempt == 0
                     and latest is not None
@@ -297,7 +344,7 @@ class CredentialManager:
             self._observer.token_fetch(provider, ok)
 
     async def close(self) -> None:
-        tasks = list(self._renewing.values())
+        tasks = [*self._renewing.values(), *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

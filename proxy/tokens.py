@@ -29,6 +29,8 @@ class Credential:
     refresh_token: str | None = field(default=None, repr=False)
     fields: Mapping[str, str] = field(default_factory=dict, repr=False)
     kind: str = "access"  # access | session | offline
+    #: which auth obtained it (type, endpoint, client): a record from another is not reused
+    identity: str = ""
 
     def renew_at(self) -> float:
         """When to start renewing: the smaller of 60 s or 10 % of the life before expiry."""
@@ -49,6 +51,7 @@ class Credential:
                 "refresh_token": self.refresh_token,
                 "fields": dict(self.fields),
                 "kind": self.kind,
+                "identity": self.identity,
             },
             separators=(",", ":"),
         )
@@ -63,6 +66,7 @@ class Credential:
             refresh_token=data.get("refresh_token"),
             fields={str(k): str(v) for k, v in (data.get("fields") or {}).items()},
             kind=str(data.get("kind") or "access"),
+            identity=str(data.get("identity") or ""),
         )
 
     def with_refresh_token(self, refresh_token: str | None) -> Credential:

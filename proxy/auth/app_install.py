@@ -61,6 +61,10 @@ class AppInstall(ClientApp):
             token_field=node.string("token_field", "token") or "token",
         )
 
+    @property
+    def endpoint(self) -> str:
+        return self.access_token_url
+
     def credential_flow(
         self, previous: Credential | None, tenant: str | None, now: float
     ) -> CredentialFlow | None:
@@ -98,7 +102,9 @@ class AppInstall(ClientApp):
         if not isinstance(data, Mapping) or not isinstance(given, str):
             return False
         expected = hmac_hex(self.client_secret.reveal().encode(), sesami_message(data))
-        return hmac.compare_digest(expected, given.lower())
+        return hmac.compare_digest(
+            expected.encode(), given.lower().encode("utf-8", "surrogateescape")
+        )
 
     def install_url(self, shop: str, redirect_uri: str) -> str:
         query: list[tuple[str, str]] = [("clientId", self.client_id_value)]

@@ -60,6 +60,11 @@ class AuthScheme(Protocol):
 
     def credential_headers(self, credential: Credential) -> Mapping[str, str]: ...
 
+    def identity(self) -> str:
+        """What a stored credential must have been obtained with to be reused (its type,
+        endpoint and client): after a config change, records of the old setup are ignored."""
+        ...
+
 
 class ClientApp:
     """What every scheme identified by a client id and secret shares: `{client_id}` for
@@ -81,3 +86,10 @@ class ClientApp:
 
     def credential_headers(self, credential: Credential) -> Mapping[str, str]:
         return {}
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def identity(self) -> str:
+        return f"{getattr(self, 'kind', '')}|{self.endpoint}|{self.client_id_value}"

@@ -72,6 +72,10 @@ class OAuthClient(ClientApp):
     client_auth: str
     token_headers: Mapping[str, Secret]
 
+    @property
+    def endpoint(self) -> str:
+        return self.token_url
+
     def token_request(self, form: Mapping[str, str]) -> HttpRequest:
         return token_request(
             self.token_url,

@@ -6,6 +6,7 @@ request (and replica, through the store) and a login happens only when none is u
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -161,3 +162,10 @@ class SessionLogin:
 
     def credential_headers(self, credential: Credential) -> Mapping[str, str]:
         return credential.fields
+
+    def identity(self) -> str:
+        # another account means another session; a short digest, never the values themselves
+        digest = hashlib.sha256(
+            "\n".join(f"{k}={v.reveal()}" for k, v in sorted(self.credentials.items())).encode()
+        ).hexdigest()[:12]
+        return f"{self.kind}|{self.login_url}|{digest}"

@@ -58,6 +58,9 @@ class StaticKey:
     def credential_headers(self, credential: Credential) -> Mapping[str, str]:
         return {}
 
+    def identity(self) -> str:
+        return self.kind  # nothing is ever stored
+
 
 @dataclass(frozen=True)
 class NoAuth(StaticKey):
