@@ -24,6 +24,7 @@ from proxy.access import AccessInfo, log_access
 from proxy.auth import CredentialFlow
 from proxy.authorize import new_nonce, signature_headers
 from proxy.config import TENANT_RE, ProviderConfig
+from proxy.deadlines import Deadline
 from proxy.errors import (
     BadRequest,
     ClientKeyRequired,
@@ -209,7 +210,7 @@ async def _peek(up: aiohttp.ClientResponse, rules: Any) -> tuple[Any, bytes]:
 
 async def _send(
     kh: Keyhop,
-    task: asyncio.Task[Any],
+    deadline: Deadline,
     prt: ProviderRuntime,
     method: str,
     url: URL,
@@ -217,7 +218,7 @@ async def _send(
     data: Any,
 ) -> aiohttp.ClientResponse:
     host = url.host
-    deadline = kh.deadlines.arm(prt.config.timeouts.read, task)
+    deadline.extend(asyncio.get_running_loop().time())
     try:
         return await kh.http.request(
             method,
@@ -253,7 +254,7 @@ async def _send(
             f"{host} failed before answering ({type(exc).__name__})"
         ) from None
     finally:
-        kh.deadlines.disarm(deadline)
+        deadline.at = math.inf  # not waiting on the upstream any more
 
 
 class _Relayed:
@@ -299,13 +300,14 @@ async def _stream_back(
     request: web.BaseRequest,
     up: aiohttp.ClientResponse,
     info: AccessInfo,
-    read_timeout: float,
+    deadline: Deadline,
     prefix: bytes = b"",
 ) -> web.StreamResponse:
     headers = clean_response_headers(up.headers)
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
-    deadline = kh.deadlines.arm(read_timeout, info.task)
+    loop = asyncio.get_running_loop()
+    deadline.extend(loop.time())
     sent: web.StreamResponse | None = None
     try:
         if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
@@ -335,7 +337,6 @@ async def _stream_back(
         sent = response
         if prefix:
             await response.write(prefix)
-        loop = asyncio.get_running_loop()
         while True:
             # the read timeout is the longest silence from the upstream, not the client's pace
             deadline.extend(loop.time())
@@ -355,7 +356,7 @@ async def _stream_back(
             raise  # the client went away; nothing to tell it
         raise _cut_short(request, info, sent) from None
     finally:
-        kh.deadlines.disarm(deadline)
+        deadline.at = math.inf
         up.release()
 
 
@@ -461,48 +462,57 @@ async def _forward(
     want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
     data, replayable = await _body(request, provider.replay_max_bytes, want_replay)
 
-    refreshed = False
-    throttle_retries = 0
-    waited = 0.0
-    while True:
-        set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
-        started = time.perf_counter()
-        up = await _send(kh, info.task, prt, request.method, url, headers, data)
-        elapsed = time.perf_counter() - started
-        info.upstream_ms = round(elapsed * 1000, 3)
-        kh.metrics.upstream(provider.name, elapsed)
+    # one read deadline for the whole exchange; armed only while waiting on the upstream
+    deadline = kh.deadlines.arm(provider.timeouts.read, info.task)
+    deadline.at = math.inf
+    try:
+        refreshed = False
+        throttle_retries = 0
+        waited = 0.0
+        while True:
+            set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
+            started = time.perf_counter()
+            up = await _send(kh, deadline, prt, request.method, url, headers, data)
+            elapsed = time.perf_counter() - started
+            info.upstream_ms = round(elapsed * 1000, 3)
+            kh.metrics.upstream(provider.name, elapsed)
 
-        if provider.throttle_on and _matches(provider.throttle_on, up, None):
-            kh.metrics.throttle(provider.name, "upstream")
-            until = reset_time(up.headers, kh.clock())
-            if until is not None:
-                await kh.limiter.block(provider.name, until)
-            if provider.retry_throttled and replayable:
-                delay = max(0.0, until - kh.clock()) if until is not None else 1.0
-                if throttle_retries >= MAX_THROTTLE_RETRIES or waited + delay > MAX_THROTTLE_WAIT:
+            if provider.throttle_on and _matches(provider.throttle_on, up, None):
+                kh.metrics.throttle(provider.name, "upstream")
+                until = reset_time(up.headers, kh.clock())
+                if until is not None:
+                    await kh.limiter.block(provider.name, until)
+                if provider.retry_throttled and replayable:
+                    delay = max(0.0, until - kh.clock()) if until is not None else 1.0
+                    if (
+                        throttle_retries >= MAX_THROTTLE_RETRIES
+                        or waited + delay > MAX_THROTTLE_WAIT
+                    ):
+                        up.release()
+                        raise RateLimited(
+                            f"{provider.name} is throttling and asks to wait {delay:.0f} s",
+                            retry_after=retry_after_seconds(kh.clock() + delay, kh.clock()),
+                        )
                     up.release()
-                    raise RateLimited(
-                        f"{provider.name} is throttling and asks to wait {delay:.0f} s",
-                        retry_after=retry_after_seconds(kh.clock() + delay, kh.clock()),
-                    )
-                up.release()
-                throttle_retries += 1
-                waited += delay
-                await asyncio.sleep(delay)
-                continue
-            return await _stream_back(kh, request, up, info, provider.timeouts.read)
-
-        if credential is not None and not refreshed and provider.refresh_on:
-            peeked, raw = await _peek(up, provider.refresh_on)
-            if _matches(provider.refresh_on, up, peeked):
-                await kh.manager.invalidate(provider, tenant, credential)
-                if replayable:
-                    up.release()
-                    refreshed = True
-                    credential, info.credential = await kh.manager.get(provider, tenant)
+                    throttle_retries += 1
+                    waited += delay
+                    await asyncio.sleep(delay)
                     continue
-            return await _stream_back(kh, request, up, info, provider.timeouts.read, raw)
-        return await _stream_back(kh, request, up, info, provider.timeouts.read)
+                return await _stream_back(kh, request, up, info, deadline)
+
+            if credential is not None and not refreshed and provider.refresh_on:
+                peeked, raw = await _peek(up, provider.refresh_on)
+                if _matches(provider.refresh_on, up, peeked):
+                    await kh.manager.invalidate(provider, tenant, credential)
+                    if replayable:
+                        up.release()
+                        refreshed = True
+                        credential, info.credential = await kh.manager.get(provider, tenant)
+                        continue
+                return await _stream_back(kh, request, up, info, deadline, raw)
+            return await _stream_back(kh, request, up, info, deadline)
+    finally:
+        kh.deadlines.disarm(deadline)
 
 
 # -- the one entry point -----------------------------------------------------------------------
