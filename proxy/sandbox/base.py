@@ -296,3 +296,32 @@ class FakeProvider:
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
+
+
+class BearerIssuer:
+    """The client_credentials grant as Kibo and PayNet answer it, once client authentication
+    has passed (RFC 6749 4.4.2-4.4.3): check the grant, issue an expiring bearer token."""
+
+    clock: Clock
+    token_ttl: int
+    tokens_issued: int
+    _tokens: dict[str, float]
+
+    def client_credentials_answer(
+        self, form: Mapping[str, Any], token_type: str = "bearer"
+    ) -> web.Response:
+        grant = form.get("grant_type")
+        if grant is None:
+            return json_error(400, {"error": "invalid_request"})
+        if grant != "client_credentials":
+            return json_error(400, {"error": "unsupported_grant_type"})
+        now = self.clock()
+        for stale in [t for t, expiry in self._tokens.items() if expiry <= now]:
+            del self._tokens[stale]
+        token = new_token()
+        self._tokens[token] = now + self.token_ttl
+        self.tokens_issued += 1
+        return web.json_response(
+            {"access_token": token, "token_type": token_type, "expires_in": self.token_ttl},
+            headers=NO_STORE,
+        )

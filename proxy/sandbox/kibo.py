@@ -22,13 +22,12 @@ from typing import Any, ClassVar, Final
 from aiohttp import web
 
 from proxy.sandbox.base import (
-    NO_STORE,
+    BearerIssuer,
     Clock,
     FakeProvider,
     bearer_token,
     json_error,
     mask,
-    new_token,
     query_int,
     same,
 )
@@ -67,7 +66,7 @@ def mashery_date(when: datetime) -> str:
     )
 
 
-class FakeKibo(FakeProvider):
+class FakeKibo(FakeProvider, BearerIssuer):
     """Kibo's token endpoint and Mashery-fronted resources."""
 
     name: ClassVar[str] = "kibo"
@@ -150,22 +149,7 @@ class FakeKibo(FakeProvider):
             return json_error(
                 401, {"error": "invalid_client"}, {"WWW-Authenticate": 'Basic realm="oauth2"'}
             )
-        form = await request.post()
-        grant = form.get("grant_type")
-        if grant is None:
-            return json_error(400, {"error": "invalid_request"})
-        if grant != "client_credentials":
-            return json_error(400, {"error": "unsupported_grant_type"})
-        now = self.clock()
-        for token in [t for t, expiry in self._tokens.items() if expiry <= now]:
-            del self._tokens[token]
-        token = new_token()
-        self._tokens[token] = now + self.token_ttl
-        self.tokens_issued += 1
-        return web.json_response(
-            {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl},
-            headers=NO_STORE,
-        )
+        return self.client_credentials_answer(await request.post(), "bearer")
 
     # --- resources ---------------------------------------------------------------------------
 

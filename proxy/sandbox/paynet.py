@@ -15,20 +15,19 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from proxy.sandbox.base import (
-    NO_STORE,
+    BearerIssuer,
     Clock,
     FakeProvider,
     bearer_token,
     json_error,
     mask,
-    new_token,
     same,
 )
 from proxy.sandbox.credentials import PAYNET_CLIENT_ID, PAYNET_CLIENT_SECRET, PAYNET_FIID
 from proxy.signing import x_signature
 
 
-class FakePayNet(FakeProvider):
+class FakePayNet(FakeProvider, BearerIssuer):
     """PayNet's token endpoint and signed resources."""
 
     name: ClassVar[str] = "paynet"
@@ -75,21 +74,7 @@ class FakePayNet(FakeProvider):
             and same(client_secret, self.client_secret)
         ):
             return json_error(401, {"error": "invalid_client"})
-        grant = form.get("grant_type")
-        if grant is None:
-            return json_error(400, {"error": "invalid_request"})
-        if grant != "client_credentials":
-            return json_error(400, {"error": "unsupported_grant_type"})
-        now = self.clock()
-        for stale in [t for t, expiry in self._tokens.items() if expiry <= now]:
-            del self._tokens[stale]
-        token = new_token()
-        self._tokens[token] = now + self.token_ttl
-        self.tokens_issued += 1
-        return web.json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl},
-            headers=NO_STORE,
-        )
+        return self.client_credentials_answer(form, "Bearer")
 
     def authenticate(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
         token = bearer_token(request)
