@@ -558,7 +558,13 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     except ProxyError as exc:
         info.error = exc.code
         status = exc.status
-        return error_response(kh, exc)
+        response = error_response(kh, exc)
+        if request.headers.get(hdrs.EXPECT) and not request.content.is_eof():
+            # the client waits for "100 Continue" and will never send the body: close the
+            # connection instead of lingering for it (aiohttp would wait 10 s, also on drain)
+            response.force_close()
+            request.content.feed_eof()  # nothing to linger on: the connection just closes
+        return response
     except UpstreamCut as cut:
         # the connection is already aborted; aiohttp's last write onto it fails quietly
         status = cut.response.status if cut.response is not None else 502

@@ -332,3 +332,52 @@ def test_serve_refuses_a_broken_config_with_exit_2_and_no_traceback(tmp_path: Pa
     assert result.returncode == 2
     assert "rouets" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_serve_asks_for_the_body_only_once_the_request_is_accepted(
+    upstream: StartUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    base = await upstream(echo_header_app())
+    data = versioned(base, ca_file, "v1")
+    data["clients"] = {"keys": ["client-key-123456"]}
+    proc = KeyhopProcess(write_config(tmp_path / "k.yaml", data), tmp_path)
+    proc.start(wait=False)
+    try:
+        await wait_for(lambda: _accepting(proc.port))
+
+        async def post(extra: bytes) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+            writer.write(
+                b"POST /s/up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n" + extra + b"\r\n"
+            )
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            if first.startswith(b"HTTP/1.1 100"):
+                writer.write(b"hello")
+                await writer.drain()
+                first += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.close()
+            return first
+
+        accepted = await post(b"X-Keyhop-Key: client-key-123456\r\n")
+        assert accepted.count(b"100 Continue") == 1
+        assert b"HTTP/1.1 200" in accepted
+        refused = await post(b"")  # no client key: refused before any body is asked for
+        assert b"100 Continue" not in refused
+        assert refused.startswith(b"HTTP/1.1 401")
+        assert b"Connection: close" in refused  # nothing left to linger on
+        started = time.monotonic()
+        assert proc.stop() == 0
+        assert time.monotonic() - started < 5  # no 10 s wait for a body that never comes
+    finally:
+        proc.stop()
+
+
+async def _accepting(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
