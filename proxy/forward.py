@@ -572,9 +572,16 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     except web.HTTPException as exc:
         status = exc.status
         raise
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # the client went away mid-answer: an ordinary event, logged as 499 (nginx's "client
+        # closed request"), not as an error; aiohttp's last write onto the closed
+        # connection fails quietly
         info.aborted = True
-        status = 499  # nginx's "client closed request"
+        status = 499
+        return web.Response(status=499)
+    except asyncio.CancelledError:
+        info.aborted = True
+        status = 499
         raise
     except Exception:
         log.exception("unexpected error handling a request")
