@@ -21,7 +21,7 @@ from aiohttp import web
 
 from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
-from proxy.config import TENANT_RE, ProviderConfig
+from proxy.config import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.errors import BadRequest, CredentialError, NoRoute, ProxyError
 from proxy.runtime import Keyhop
 from proxy.tokens import Credential
@@ -118,7 +118,7 @@ def _tenant_param(request: web.BaseRequest, provider: ProviderConfig) -> str | N
     if provider.tenants and not tenant:
         raise BadRequest(f"{provider.name} serves several accounts: add ?tenant=ID")
     if tenant and not TENANT_RE.fullmatch(tenant):
-        raise BadRequest("a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -")
+        raise BadRequest(TENANT_RULE)
     return tenant if provider.tenants else None
 
 

@@ -26,10 +26,12 @@ from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
 PROVIDER_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+TENANT_RULE: Final = "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -"
 TENANT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 _INTERP: Final = re.compile(r"\$\$|\$\{([^}]*)\}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PLACEHOLDER: Final = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: a header template's pieces: `{{`, `}}`, `{name}`, and the literal text between them
+_TEMPLATE_PIECES: Final = re.compile(r"(\{\{|\}\}|\{[A-Za-z_][A-Za-z0-9_]*\})")
 #: placeholders filled per request; everything else is filled once, at load time
 DYNAMIC_VARS: Final = frozenset({"token", "tenant"})
 
@@ -67,10 +69,6 @@ class HeaderTemplate:
 
     name: str
     parts: tuple[str, ...] = field(repr=False)  # even: literal, odd: placeholder name
-
-    @property
-    def literal(self) -> str | None:
-        return self.parts[0] if len(self.parts) == 1 else None
 
     def render(self, values: Mapping[str, str]) -> str:
         if len(self.parts) == 1:
@@ -210,7 +208,7 @@ def compile_template(
 ) -> HeaderTemplate | None:
     parts: list[str] = []
     literal: list[str] = []
-    for piece in re.split(r"(\{\{|\}\}|\{[A-Za-z_][A-Za-z0-9_]*\})", text):
+    for piece in _TEMPLATE_PIECES.split(text):
         if piece in ("{{", "}}"):
             literal.append(piece[0])
         elif piece.startswith("{") and piece.endswith("}") and len(piece) > 2:

@@ -23,7 +23,7 @@ from yarl import URL
 from proxy.access import AccessInfo, log_access
 from proxy.auth import CredentialFlow
 from proxy.authorize import new_nonce, signature_headers
-from proxy.config import TENANT_RE, ProviderConfig
+from proxy.config import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.deadlines import Deadline
 from proxy.errors import (
     BadRequest,
@@ -157,7 +157,7 @@ def _tenant(request: web.BaseRequest, match: RouteMatch, provider: ProviderConfi
         )
     if not TENANT_RE.fullmatch(tenant):
         raise BadRequest(
-            "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -",
+            TENANT_RULE,
             route=match.route.prefix,
             provider=provider.name,
         )

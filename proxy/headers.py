@@ -27,9 +27,6 @@ _REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
 _RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
 KEYHOP_PREFIX: Final = "x-keyhop-"
 
-#: what a rate-limited upstream answer carries; always passed back untouched
-RATE_LIMIT_PREFIXES: Final = ("x-plan-qps-", "x-plan-quota-", "x-ratelimit-", "retry-after")
-
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     """Header names listed in Connection, lower-cased (RFC 9110 7.6.1)."""

@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.auth.oauth2 import AuthorizationCode
 from proxy.callbacks import LOGIN_STATE, LOGIN_TTL, begin_login, finish_login
-from proxy.config import TENANT_RE, Config
+from proxy.config import TENANT_RE, TENANT_RULE, Config
 from proxy.errors import ProxyError
 from proxy.runtime import KEYHOP
 
@@ -64,7 +64,7 @@ async def login(config: Config, provider_name: str, tenant: str | None, code: st
         print(f"keyhop login: {provider_name} needs --tenant ID", file=sys.stderr)
         return 2
     if tenant and not TENANT_RE.fullmatch(tenant):
-        print("keyhop login: a tenant id is 1-128 of A-Z a-z 0-9 . _ ~ -", file=sys.stderr)
+        print(f"keyhop login: {TENANT_RULE}", file=sys.stderr)
         return 2
     tenant = tenant if provider.tenants else None
 

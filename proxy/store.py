@@ -122,6 +122,19 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
+def _immediate(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` in one write transaction taken up front (BEGIN IMMEDIATE), so a
+    read-then-write can never interleave with another process's."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
 class SqliteStore:
     """stdlib sqlite3 on one worker thread, so no blocking I/O runs on the event loop."""
 
@@ -199,25 +212,19 @@ class SqliteStore:
 
     async def expire(self, provider: str, tenant: str | None, token: str, at: float) -> None:
         def cas(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute(
-                    "SELECT data FROM credentials WHERE provider=? AND tenant=?",
-                    (provider, tenant or ""),
-                ).fetchone()
-                current = Credential.from_json(row[0]) if row else None
-                if current is not None and current.token == token:
-                    expired = replace(current, expires_at=min(at, current.expires_at or at))
-                    db.execute(
-                        "UPDATE credentials SET data=?, updated=? WHERE provider=? AND tenant=?",
-                        (expired.to_json(), self._clock(), provider, tenant or ""),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            row = db.execute(
+                "SELECT data FROM credentials WHERE provider=? AND tenant=?",
+                (provider, tenant or ""),
+            ).fetchone()
+            current = Credential.from_json(row[0]) if row else None
+            if current is not None and current.token == token:
+                expired = replace(current, expires_at=min(at, current.expires_at or at))
+                db.execute(
+                    "UPDATE credentials SET data=?, updated=? WHERE provider=? AND tenant=?",
+                    (expired.to_json(), self._clock(), provider, tenant or ""),
+                )
 
-        await self._run(cas)
+        await self._run(lambda db: _immediate(db, cas))
 
     async def items(self) -> list[StoredItem]:
         rows = await self._run(
@@ -231,24 +238,17 @@ class SqliteStore:
         owner, now = secrets.token_hex(8), self._clock()
 
         def take(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "DELETE FROM locks WHERE provider=? AND tenant=? AND expires<=?",
-                    (provider, tenant or "", now),
-                )
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO locks (provider, tenant, owner, expires) "
-                    "VALUES (?,?,?,?)",
-                    (provider, tenant or "", owner, now + ttl),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            db.execute(
+                "DELETE FROM locks WHERE provider=? AND tenant=? AND expires<=?",
+                (provider, tenant or "", now),
+            )
+            cur = db.execute(
+                "INSERT OR IGNORE INTO locks (provider, tenant, owner, expires) VALUES (?,?,?,?)",
+                (provider, tenant or "", owner, now + ttl),
+            )
             return cur.rowcount == 1
 
-        return owner if await self._run(take) else None
+        return owner if await self._run(lambda db: _immediate(db, take)) else None
 
     async def release(self, provider: str, tenant: str | None, owner: str) -> None:
         await self._run(

@@ -159,9 +159,7 @@ class CredentialManager:
             if stored is None:
                 if self.store.healthy:
                     self._cache.pop(key, None)
-            elif stored.token != cached.token and self._usable_newer(
-                key, stored, cached, self._clock()
-            ):
+            elif self._usable_newer(key, stored, cached, self._clock()):
                 self._cache[key] = stored
 
         task = asyncio.create_task(recheck())
@@ -202,15 +200,26 @@ class CredentialManager:
             cached = self._cache.get(key)
             if cached is not None and cached is not stale and now < cached.renew_at():
                 return cached, "memory"
-            stored = await self._stored(provider, tenant)
-            if self._usable_newer(key, stored, stale, now):
-                assert stored is not None
-                self._cache[key] = stored
-                return stored, "store"
+            newer, stored = await self._newer_from_store(provider, tenant, stale)
+            if newer is not None:
+                return newer, "store"
             # a reachable store without the record means it was revoked: a refresh token
             # still held in memory must not bring it back
             previous = stored if stored is not None or self.store.healthy else stale
             return await self._fetch(provider, tenant, previous), "fetched"
+
+    async def _newer_from_store(
+        self, provider: ProviderConfig, tenant: str | None, older: Credential | None
+    ) -> tuple[Credential | None, Credential | None]:
+        """(the store's credential when it is usable and not `older` — now cached —, the
+        store's record as read)."""
+        key = (provider.name, tenant or "")
+        stored = await self._stored(provider, tenant)
+        if self._usable_newer(key, stored, older, self._clock()):
+            assert stored is not None
+            self._cache[key] = stored
+            return stored, stored
+        return None, stored
 
     def _usable_newer(
         self,
@@ -238,19 +247,15 @@ class CredentialManager:
         while owner is None:
             # another process is fetching: take its result from the store when it lands
             await asyncio.sleep(POLL_INTERVAL)
-            stored = await self._stored(provider, tenant)
-            if self._usable_newer(key, stored, previous, self._clock()):
-                assert stored is not None
-                self._cache[key] = stored
-                return stored
+            newer, _ = await self._newer_from_store(provider, tenant, previous)
+            if newer is not None:
+                return newer
             owner = await self.store.acquire(provider.name, tenant, self.lock_ttl)
         try:
             # the holder before us may have written a newer one just now
-            stored = await self._stored(provider, tenant)
-            if self._usable_newer(key, stored, previous, self._clock()):
-                assert stored is not None
-                self._cache[key] = stored
-                return stored
+            newer, stored = await self._newer_from_store(provider, tenant, previous)
+            if newer is not None:
+                return newer
             previous = stored or previous
             try:
                 credential = await self._run(provider, tenant, previous, state)

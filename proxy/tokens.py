@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.errors import CredentialError
@@ -68,9 +68,6 @@ class Credential:
             kind=str(data.get("kind") or "access"),
             identity=str(data.get("identity") or ""),
         )
-
-    def with_refresh_token(self, refresh_token: str | None) -> Credential:
-        return replace(self, refresh_token=refresh_token)
 
 
 def token_error(provider: str, response: HttpResponse) -> CredentialError:
