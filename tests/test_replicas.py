@@ -17,7 +17,7 @@ from proxy.sandbox.kibo import FakeKibo
 from proxy.sandbox.spaaza import FakeSpaaza
 from tests.conftest import StartUpstream
 from tests.redis_server import RedisServer
-from tests.support import KeyhopProcess, assert_no_secrets, write_config
+from tests.support import KeyhopProcess, assert_no_secrets, wait_healthy, write_config
 
 KIBO_ID, KIBO_SECRET = "replica-kibo-client", "replica-kibo-secret-0a1b"
 USER, PASSWORD = "admin@example.com", "replica-password-2c3d"
@@ -25,19 +25,12 @@ USER, PASSWORD = "admin@example.com", "replica-password-2c3d"
 Replicas = Callable[..., "asyncio.Future[list[KeyhopProcess]]"]
 
 
-async def wait_healthy(procs: list[KeyhopProcess]) -> None:
-    async with aiohttp.ClientSession() as s:
-        for proc in procs:
-            for _ in range(200):
-                try:
-                    async with s.get(proc.url + "/-/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"replica did not start:\n{proc.logs()}")
+async def all_healthy(procs: list[KeyhopProcess]) -> None:
+    for proc in procs:
+        try:
+            await wait_healthy(proc.url, timeout=10)
+        except AssertionError:
+            raise AssertionError(f"replica did not start:\n{proc.logs()}") from None
 
 
 @pytest.fixture
@@ -50,7 +43,7 @@ async def replicas(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         for proc in procs:
             proc.start(wait=False)  # the fakes share this event loop: never block it
         started.extend(procs)
-        await wait_healthy(procs)
+        await all_healthy(procs)
         return procs
 
     yield start

@@ -20,7 +20,14 @@ from yarl import URL
 from proxy.sandbox.saison import FakeSaison
 from proxy.store import SqliteStore
 from tests.conftest import MakeProxy, StartUpstream
-from tests.support import ROOT, KeyhopProcess, assert_no_secrets, free_port, write_config
+from tests.support import (
+    ROOT,
+    KeyhopProcess,
+    assert_no_secrets,
+    free_port,
+    wait_healthy,
+    write_config,
+)
 
 CLIENT_ID, CLIENT_SECRET = "saison-client-5e6f", "saison-secret-7a8b9c0d"
 
@@ -282,19 +289,6 @@ async def test_keyhop_login_with_a_code_that_saison_refuses_fails_cleanly(
     assert "Traceback" not in err
 
 
-async def _wait_http(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            try:
-                async with s.get(url + "/-/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("keyhop did not come up")
-
-
 def _start(config: Path, tmp_path: Path, port: int = 0) -> KeyhopProcess:
     # started without blocking the event loop the fakes run on
     proc = KeyhopProcess(config, tmp_path, port=port)
@@ -311,8 +305,8 @@ async def test_a_login_survives_a_restart_and_two_processes_share_one_sqlite_fil
     a = _start(config, tmp_path)
     b = _start(config, tmp_path)
     try:
-        await _wait_http(a.url)
-        await _wait_http(b.url)
+        await wait_healthy(a.url, timeout=5)
+        await wait_healthy(b.url, timeout=5)
         await browser_login(a.url, "m1", ca_file)
         async with aiohttp.ClientSession(headers={"X-Keyhop-Tenant": "m1"}) as s:
             for url in (a.url, b.url):
@@ -329,7 +323,7 @@ async def test_a_login_survives_a_restart_and_two_processes_share_one_sqlite_fil
         assert a.stop() == 0
         port = a.port
         a = _start(config, tmp_path, port=port)
-        await _wait_http(a.url)
+        await wait_healthy(a.url, timeout=5)
         async with aiohttp.ClientSession(headers={"X-Keyhop-Tenant": "m1"}) as s:
             async with s.get(a.url + "/saison/api/z") as r:
                 assert r.status == 200
@@ -349,7 +343,7 @@ async def test_kill_9_during_a_refresh_leaves_a_usable_refresh_token(
     config = write_config(tmp_path / "k.yaml", saison_config(base, ca_file, f"sqlite://{db}"))
     proc = _start(config, tmp_path)
     try:
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url, timeout=5)
         await browser_login(proc.url, "m1", ca_file)
         fake.expire_all()
         fake.fail_token(2, mode="slow", duration=1)
@@ -365,7 +359,7 @@ async def test_kill_9_during_a_refresh_leaves_a_usable_refresh_token(
         await store.close()
         assert stored is not None and stored.refresh_token  # old or new, never none
         proc = _start(config, tmp_path)
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url, timeout=5)
         deadline = time.monotonic() + 10
         async with aiohttp.ClientSession(headers={"X-Keyhop-Tenant": "m1"}) as s:
             while True:
@@ -391,7 +385,7 @@ async def test_keyhop_login_notices_when_a_running_keyhops_callback_finishes_the
     config = write_config(tmp_path / "k.yaml", config_data)
     server = _start(config, tmp_path, port=port)
     try:
-        await _wait_http(server.url)
+        await wait_healthy(server.url, timeout=5)
         login = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "login", "saison", "--tenant", "m3", "--config",
             str(config), cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -8,7 +8,6 @@ keyhop reaches it through the `sesami` preset with only the endpoints pointed at
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -26,7 +25,7 @@ from proxy.runtime import KEYHOP
 from proxy.sandbox.sesami import FakeSesami
 from proxy.store import SqliteStore
 from tests.conftest import MakeProxy, StartUpstream, raw_url
-from tests.support import Clock, KeyhopProcess, assert_no_secrets, write_config
+from tests.support import Clock, KeyhopProcess, assert_no_secrets, wait_healthy, write_config
 
 CLIENT_ID, CLIENT_SECRET = "sesami-client-3c4d", "sesami-secret-8e9f0a1b2c"
 SHOP_A, SHOP_B = "64b7f0c2e1a2b3c4d5e6f708", "shop-b.0002"
@@ -564,19 +563,6 @@ async def test_no_secret_token_or_code_in_logs_or_error_bodies(
 # --- real processes ----------------------------------------------------------------------------
 
 
-async def _wait_http(url: str) -> None:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
-        for _ in range(200):
-            try:
-                async with s.get(url + "/-/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("keyhop did not come up")
-
-
 async def test_installed_shops_survive_a_restart_of_keyhop_serve(
     upstream: StartUpstream, ca_file: str, tmp_path: Path
 ) -> None:
@@ -589,7 +575,7 @@ async def test_installed_shops_survive_a_restart_of_keyhop_serve(
     codes: list[str] = []
     try:
         proc.start(wait=False)  # without blocking the event loop the fake runs on
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url)
         for shop in (SHOP_A, SHOP_B):
             done = await install_shop(proc.url, fake, base, shop, ca_file)
             assert done.status == 200, done.text
@@ -609,7 +595,7 @@ async def test_installed_shops_survive_a_restart_of_keyhop_serve(
         port = proc.port
         proc = KeyhopProcess(config, tmp_path, port=port)
         proc.start(wait=False)
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url)
         async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
             for shop in (SHOP_B, SHOP_A):
                 async with s.get(

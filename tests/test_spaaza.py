@@ -33,7 +33,7 @@ from proxy.sandbox.spaaza import ADMIN_USER_ID, HOSTNAME_HEADER, FakeSpaaza
 from proxy.store import SqliteStore
 from proxy.tokens import Credential
 from tests.conftest import MakeProxy, StartUpstream
-from tests.support import ROOT, Clock, KeyhopProcess, assert_no_secrets, write_config
+from tests.support import ROOT, Clock, KeyhopProcess, assert_no_secrets, wait_healthy, write_config
 
 USERNAME = "pos-admin@shop.example.com"
 PASSWORD = "spaaza-pw-7Hq2xLr9Vw"
@@ -604,20 +604,6 @@ async def test_no_password_session_key_or_token_secret_in_logs_or_error_bodies(
     )
 
 
-async def _wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            try:
-                async with s.get(url + "/-/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"keyhop at {url} did not come up")
-
-
 def _start(config: Path, tmp_path: Path, env: dict[str, str], port: int = 0) -> KeyhopProcess:
     # not waiting here: the fake answers on this test's event loop, which must keep running
     return KeyhopProcess(config, tmp_path, env=env, port=port).start(wait=False)
@@ -638,7 +624,7 @@ async def test_a_restarted_keyhop_process_reuses_the_stored_session_without_logg
     proc = _start(config, tmp_path, env)
     logs: list[str] = []
     try:
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url, timeout=15)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
             statuses = await asyncio.gather(
                 *(s.get(f"{proc.url}/spaaza-admin/v1/{i}") for i in range(20))
@@ -652,7 +638,7 @@ async def test_a_restarted_keyhop_process_reuses_the_stored_session_without_logg
         logs.append(proc.logs())
 
         proc = _start(config, tmp_path, env, port=proc.port)
-        await _wait_http(proc.url)
+        await wait_healthy(proc.url, timeout=15)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
             async with s.get(f"{proc.url}/spaaza-admin/v1/again") as r:
                 assert r.status == 200, await r.text()
