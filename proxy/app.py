@@ -47,6 +47,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=DummyCookieJar(),
     )
     kh.deadlines.start()
+    kh.upstreams.start()
 
     async def runner(provider: ProviderConfig, flow: CredentialFlow) -> Credential:
         return await run_flow(kh, provider, flow)
@@ -63,6 +64,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     finally:
         await kh.credentials.close()
         await kh.deadlines.stop()
+        await kh.upstreams.close()
         await kh.session.close()
         await kh.store.close()
 

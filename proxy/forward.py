@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -39,9 +40,10 @@ from proxy.errors import (
 from proxy.headers import clean_request_headers, clean_response_headers
 from proxy.messages import HttpRequest, HttpResponse, dotted
 from proxy.ratelimit import MAX_PACING_WAIT, reset_time, retry_after_seconds
-from proxy.routing import RouteMatch
+from proxy.routing import RouteMatch, Upstream
 from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
 from proxy.tokens import Credential
+from proxy.upstream import BadUpstreamAnswer, UnsafeHeader, UpstreamResponse
 from proxy.websocket import is_upgrade, relay_websocket
 
 log = logging.getLogger("keyhop")
@@ -188,7 +190,7 @@ async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[
         yield chunk
 
 
-def _matches(rules: Any, up: aiohttp.ClientResponse, body: Any) -> bool:
+def _matches(rules: Any, up: UpstreamResponse, body: Any) -> bool:
     for rule in rules:
         if rule.matches_head(up.status, up.headers) and all(
             dotted(body, path) == want for path, want in rule.json.items()
@@ -197,7 +199,7 @@ def _matches(rules: Any, up: aiohttp.ClientResponse, body: Any) -> bool:
     return False
 
 
-async def _peek(up: aiohttp.ClientResponse, rules: Any) -> tuple[Any, bytes]:
+async def _peek(up: UpstreamResponse, rules: Any) -> tuple[Any, bytes]:
     """Read a small body when a rule needs to see its JSON; (parsed, raw bytes read)."""
     if not any(r.json and r.matches_head(up.status, up.headers) for r in rules):
         return None, b""
@@ -213,21 +215,16 @@ async def _send(
     deadline: Deadline,
     prt: ProviderRuntime,
     method: str,
-    url: URL,
+    upstream: Upstream,
+    target: str,
     headers: CIMultiDict[str],
     data: Any,
-) -> aiohttp.ClientResponse:
-    host = url.host
+) -> UpstreamResponse:
+    host = upstream.host
     deadline.extend(asyncio.get_running_loop().time())
     try:
-        return await kh.http.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            ssl=prt.ssl,
-            timeout=prt.timeout,
+        return await kh.upstreams.request(
+            upstream, prt.ssl, prt.config.timeouts.connect, method, target, headers, data
         )
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):
@@ -235,24 +232,27 @@ async def _send(
                 f"{host} did not answer within {prt.config.timeouts.read:g} s"
             ) from None
         raise
-    except aiohttp.ClientConnectorCertificateError:
+    except ssl.SSLCertVerificationError:
         raise UpstreamUnreachable(f"the TLS certificate of {host} could not be verified") from None
-    except aiohttp.ClientSSLError:
+    except ssl.SSLError:
         raise UpstreamUnreachable(f"the TLS handshake with {host} failed") from None
-    except aiohttp.ConnectionTimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(
             f"{host} did not accept a connection within {prt.config.timeouts.connect:g} s"
         ) from None
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"{host} did not answer within {prt.config.timeouts.read:g} s"
-        ) from None
-    except aiohttp.ClientConnectorError:
-        raise UpstreamUnreachable(f"cannot connect to {host}:{url.port}") from None
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
             f"{host} failed before answering ({type(exc).__name__})"
         ) from None
+    except UnsafeHeader:
+        raise CredentialError(
+            f"a header for {prt.config.name} (a credential or a configured value) holds a "
+            "line break or control character; the request was not sent"
+        ) from None
+    except BadUpstreamAnswer:
+        raise UpstreamUnreachable(f"{host} answered with something that is not HTTP") from None
+    except OSError:
+        raise UpstreamUnreachable(f"cannot connect to {host}:{upstream.port}") from None
     finally:
         deadline.at = math.inf  # not waiting on the upstream any more
 
@@ -298,7 +298,7 @@ def _cut_short(
 async def _stream_back(
     kh: Keyhop,
     request: web.BaseRequest,
-    up: aiohttp.ClientResponse,
+    up: UpstreamResponse,
     info: AccessInfo,
     deadline: Deadline,
     prefix: bytes = b"",
@@ -444,7 +444,6 @@ async def _forward(
         raise BadRequest(f"protocol upgrades are not allowed on {route.prefix} (websocket: false)")
     await _wait_for_budget(kh, provider)
     target = match.upstream_target
-    url = URL(route.upstream.origin + target, encoded=True)
     headers = clean_request_headers(request.headers, keep_authorization=provider.passes_client_auth)
     credential: Credential | None = None
     if prt.needs_credential:
@@ -453,6 +452,7 @@ async def _forward(
         info.credential = provider.kind
 
     if upgrade:
+        url = URL(route.upstream.origin + target, encoded=True)
         return await relay_websocket(kh, request, prt, match, url, headers, credential, tenant)
 
     if kh.answers_expect and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
@@ -472,7 +472,9 @@ async def _forward(
         while True:
             set_auth_headers(kh, prt, headers, credential, tenant, request.method, match)
             started = time.perf_counter()
-            up = await _send(kh, deadline, prt, request.method, url, headers, data)
+            up = await _send(
+                kh, deadline, prt, request.method, route.upstream, target, headers, data
+            )
             elapsed = time.perf_counter() - started
             info.upstream_ms = round(elapsed * 1000, 3)
             kh.metrics.upstream(provider.name, elapsed)

@@ -22,6 +22,7 @@ from proxy.schema import Redactor
 from proxy.store import Store
 from proxy.token_cache import CredentialManager
 from proxy.tokens import Credential
+from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("keyhop")
 
@@ -91,7 +92,8 @@ class Keyhop:
     limiter: Limiter
     metrics: Metrics
     clock: Callable[[], float] = time.time
-    session: ClientSession | None = None
+    session: ClientSession | None = None  # token endpoints, websockets
+    upstreams: UpstreamPool = field(default_factory=UpstreamPool)  # the request path
     deadlines: Deadlines = field(default_factory=Deadlines)
     credentials: CredentialManager | None = None
     started_at: float = field(default_factory=time.time)

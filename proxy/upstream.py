@@ -1,0 +1,325 @@
+"""The request path's HTTP/1.1 client: pooled keep-alive connections driven by aiohttp's own
+response protocol and C parser, without ClientSession's per-request machinery (a request
+object, a response object, cookie and trace hooks, timers, header copies), which was most of
+what keyhop spent on a request. Token endpoints and websockets still use ClientSession.
+
+Same wire behaviour as the ClientSession it replaces: Host first, then the headers given,
+nothing added but the body's framing (`Content-Length`, or `Transfer-Encoding: chunked` for
+a stream of unknown length, `Content-Length: 0` for a body-less POST/PUT/PATCH/DELETE);
+responses without a length are read until the connection closes; a request on a reused
+connection that the upstream had closed is sent once more on a new one when that is safe
+(idempotent method, body in memory); at most PER_ORIGIN connections busy per upstream.
+Read timeouts are not kept here: forward.py's watchdog cancels the waiting task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import hdrs
+from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.routing import Upstream
+
+PER_ORIGIN: Final = 256  # busy connections per upstream; more requests wait for one
+KEEPALIVE: Final = 60.0  # an idle connection is closed after this many seconds
+_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+class BadUpstreamAnswer(Exception):
+    """The upstream's answer was not HTTP keyhop can parse."""
+
+
+class UnsafeHeader(Exception):
+    """A header value to be sent holds a line break or another control character (a token
+    or a templated value could otherwise split the request)."""
+
+
+class UpstreamResponse:
+    """What forward.py reads: status, reason, headers and the body as a stream."""
+
+    __slots__ = ("status", "reason", "headers", "content", "_origin", "_conn", "_writer")
+
+    def __init__(
+        self,
+        origin: _Origin,
+        conn: ResponseHandler,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        content: StreamReader,
+        writer: asyncio.Task[None] | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+        self._origin: _Origin | None = origin
+        self._conn = conn
+        self._writer = writer
+
+    def release(self) -> None:
+        """Back to the pool when the exchange ended cleanly, closed otherwise. Idempotent."""
+        origin, self._origin = self._origin, None
+        if origin is None:
+            return
+        writer = self._writer
+        reusable = self.content.is_eof() and (writer is None or writer.done())
+        if writer is not None and not writer.done():
+            writer.cancel()
+        origin.release(self._conn, reusable)
+
+
+@dataclass(eq=False)
+class _Origin:
+    """The connections to one upstream (scheme, host, port, TLS settings)."""
+
+    upstream: Upstream
+    ssl: ssl.SSLContext | None
+    host_line: str  # "Host: example.com" (port only when not the scheme's default)
+    limit: int
+    keepalive: float
+    idle: deque[tuple[ResponseHandler, float]] = field(default_factory=deque)
+    busy: int = 0
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+    async def acquire(
+        self, loop: asyncio.AbstractEventLoop, connect_timeout: float
+    ) -> tuple[ResponseHandler, bool]:
+        """A connection and whether it was used before (the upstream may have closed it)."""
+        while self.busy >= self.limit:
+            waiter = loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # it was our turn: pass it on
+                raise
+        self.busy += 1
+        idle = self.idle
+        while idle:
+            conn, _ = idle.pop()  # the most recent: the likeliest to be alive
+            if conn.is_connected() and not conn.should_close:
+                return conn, True
+            conn.close()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                return await self._connect(loop), False
+        except BaseException:
+            self.busy -= 1
+            self._wake()
+            raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+        up = self.upstream
+        _, conn = await loop.create_connection(
+            lambda: ResponseHandler(loop),
+            up.host,
+            up.port,
+            ssl=self.ssl,
+            server_hostname=up.host if self.ssl is not None else None,
+        )
+        return conn
+
+    def release(self, conn: ResponseHandler, reusable: bool) -> None:
+        self.busy -= 1
+        if reusable and conn.is_connected() and not conn.should_close:
+            now = asyncio.get_running_loop().time()
+            self.idle.append((conn, now))
+            self.expire(now)
+        else:
+            conn.close()
+        self._wake()
+
+    def expire(self, now: float) -> None:
+        idle = self.idle
+        while idle and now - idle[0][1] > self.keepalive:
+            idle.popleft()[0].close()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.popleft()[0].close()
+
+    def _wake(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class UpstreamPool:
+    def __init__(self, per_origin: int = PER_ORIGIN, keepalive: float = KEEPALIVE) -> None:
+        self.per_origin = per_origin
+        self.keepalive = keepalive
+        self._origins: dict[tuple[Upstream, ssl.SSLContext | None], _Origin] = {}
+        self._default_tls: ssl.SSLContext | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        for origin in self._origins.values():
+            origin.close()
+        self._origins.clear()
+
+    async def _reap(self) -> None:
+        """Close connections idle for longer than `keepalive`, also when traffic stopped."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.keepalive / 4)
+            for origin in list(self._origins.values()):
+                origin.expire(loop.time())
+
+    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> _Origin:
+        context: ssl.SSLContext | None = None
+        if upstream.scheme == "https":
+            if isinstance(tls, ssl.SSLContext):
+                context = tls
+            else:
+                if self._default_tls is None:
+                    self._default_tls = ssl.create_default_context()
+                context = self._default_tls
+        key = (upstream, context)
+        origin = self._origins.get(key)
+        if origin is None:
+            host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+            if upstream.port != _DEFAULT_PORTS[upstream.scheme]:
+                host = f"{host}:{upstream.port}"
+            origin = self._origins[key] = _Origin(
+                upstream, context, f"Host: {host}", self.per_origin, self.keepalive
+            )
+        return origin
+
+    async def request(
+        self,
+        upstream: Upstream,
+        tls: ssl.SSLContext | bool,
+        connect_timeout: float,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | StreamReader | AsyncIterable[bytes] | None,
+    ) -> UpstreamResponse:
+        """Send one request and wait for the head of its answer; the body streams after.
+
+        Raises TimeoutError when no connection was made within `connect_timeout`, OSError
+        (ssl.SSLError among them) when none could be made, the
+        aiohttp ClientError subclasses when the connection failed before an answer, and
+        BadUpstreamAnswer for an answer that is not HTTP, UnsafeHeader before sending
+        anything when a header value could split the request.
+        """
+        origin = self._origin(upstream, tls)
+        loop = asyncio.get_running_loop()
+        chunked = _frame(method, headers, body)
+        # the request line is not checked by _serialize_headers' control-character guard: the
+        # method and target come from aiohttp's request parser and the route's checked config
+        line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+        try:
+            head = line + _serialize_headers(origin.host_line, headers)
+        except ValueError:
+            raise UnsafeHeader("a header value holds a control character") from None
+        may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+        while True:
+            conn, reused = await origin.acquire(loop, connect_timeout)
+            writer: asyncio.Task[None] | None = None
+            try:
+                conn.set_response_params(
+                    skip_payload=method == hdrs.METH_HEAD,
+                    read_until_eof=True,
+                    auto_decompress=False,
+                )
+                transport = conn.transport
+                assert transport is not None
+                if body is None:
+                    transport.write(head)
+                elif isinstance(body, bytes):
+                    transport.write(head + body if len(body) < 16384 else head)
+                    if len(body) >= 16384:
+                        transport.write(body)
+                else:
+                    transport.write(head)
+                    writer = asyncio.create_task(_write_body(conn, body, chunked))
+                while True:
+                    try:
+                        message, payload = await conn.read()
+                    except HttpProcessingError as exc:
+                        raise BadUpstreamAnswer(exc.message or "malformed answer") from None
+                    if not 100 <= message.code <= 199 or message.code == 101:
+                        break  # 1xx interim answers are not relayed
+                return UpstreamResponse(
+                    origin, conn, message.code, message.reason, message.headers, payload, writer
+                )
+            except (ServerDisconnectedError, ClientOSError):
+                _abandon(origin, conn, writer)
+                if not (reused and may_resend):
+                    raise
+                may_resend = False  # the upstream had closed an idle connection: once more
+            except BaseException:
+                _abandon(origin, conn, writer)
+                raise
+
+
+def _abandon(origin: _Origin, conn: ResponseHandler, writer: asyncio.Task[None] | None) -> None:
+    if writer is not None:
+        writer.cancel()
+    conn.abort()
+    origin.release(conn, False)
+
+
+def _frame(method: str, headers: CIMultiDict[str], body: object) -> bool:
+    """Set the body's framing headers; True when the body goes out chunked."""
+    if body is None:
+        if method not in _NO_BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
+            headers[hdrs.CONTENT_LENGTH] = "0"
+        return False
+    if isinstance(body, bytes):
+        headers[hdrs.CONTENT_LENGTH] = str(len(body))
+        return False
+    if hdrs.CONTENT_LENGTH in headers:
+        return False
+    headers[hdrs.TRANSFER_ENCODING] = "chunked"
+    return True
+
+
+async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
+    """Stream a request body, paced by the upstream's reading. A body that fails to arrive
+    (the client went away) cuts the upstream connection, so the upstream never takes a
+    short body for a whole one."""
+    transport = conn.transport
+    assert transport is not None
+    chunks = body.iter_any() if isinstance(body, StreamReader) else body
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            if conn.writing_paused:
+                await conn._drain_helper()
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        transport.abort()
+        conn.set_exception(ClientOSError(f"the request body did not arrive: {type(exc).__name__}"))
