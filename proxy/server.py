@@ -12,6 +12,8 @@ import sqlite3
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from proxy.app import create_app
 from proxy.config import Config, load_config
@@ -21,6 +23,37 @@ from proxy.logs import AccessWriter, JsonFormatter
 from proxy.runtime import KEYHOP
 
 log = logging.getLogger("keyhop")
+
+
+class _Handler(RequestHandler):
+    """aiohttp answers a request its parser refused (a header over the size limit, raw
+    non-ASCII bytes in the target, a malformed line) with plain text and logs a traceback;
+    keyhop's clients get the same JSON as for every other refusal, and the log one line."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent; cannot send an error after it")
+        if isinstance(exc, LineTooLong):
+            text = "a request line or header is longer than keyhop accepts (16 KiB)"
+        else:
+            text = "the request is not valid HTTP/1.1 (malformed line, header or target)"
+        log.warning("refused a malformed request from %s: %s", request.remote, type(exc).__name__)
+        response = web.json_response({"error": "bad_request", "message": text}, status=status)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
 
 async def serve(config: Config, path: str, listen: str | None, formatter: JsonFormatter) -> None:
@@ -45,7 +78,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)
 
-    server = web.Server(handler, access_log=None, max_field_size=16384)
+    server = _Server(handler, access_log=None, max_field_size=16384)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET

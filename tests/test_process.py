@@ -381,3 +381,50 @@ async def _accepting(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"GET /s/caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", "not valid HTTP/1.1"),
+        (b"GET /s/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", "16 KiB"),
+        (b"\x16\x03\x01\x02\x00 not http\r\n\r\n", "not valid HTTP/1.1"),
+    ],
+    ids=["non-ascii-target", "header-over-16k", "not-http"],
+)
+async def test_serve_answers_a_request_its_parser_refuses_with_json_bad_request(
+    upstream: StartUpstream, ca_file: str, tmp_path: Path, raw: bytes, says: str
+) -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    base = await upstream(app)
+    proc = KeyhopProcess(
+        write_config(tmp_path / "k.yaml", versioned(base, ca_file, "v1")), tmp_path
+    )
+    proc.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)  # the connection is closed after it
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400"
+        assert b"application/json" in head
+        error = json.loads(body)
+        assert error["error"] == "bad_request"
+        assert says in error["message"]
+        assert seen == []  # nothing reached the upstream
+        status, _ = await get_json(f"{proc.url}/s/after")  # and keyhop serves on
+        assert status == 200
+    finally:
+        proc.stop()
+    logs = proc.logs()
+    assert "Traceback" not in logs
+    assert "refused a malformed request" in logs
