@@ -43,7 +43,7 @@ from proxy.ratelimit import MAX_PACING_WAIT, reset_time, retry_after_seconds
 from proxy.routing import RouteMatch, Upstream
 from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
 from proxy.tokens import Credential
-from proxy.upstream import BadUpstreamAnswer, UnsafeHeader, UpstreamResponse
+from proxy.upstream import BadUpstreamAnswer, RequestBodyLost, UnsafeHeader, UpstreamResponse
 from proxy.websocket import is_upgrade, relay_websocket
 
 log = logging.getLogger("keyhop")
@@ -199,11 +199,36 @@ def _matches(rules: Any, up: UpstreamResponse, body: Any) -> bool:
     return False
 
 
-async def _peek(up: UpstreamResponse, rules: Any) -> tuple[Any, bytes]:
-    """Read a small body when a rule needs to see its JSON; (parsed, raw bytes read)."""
-    if not any(r.json and r.matches_head(up.status, up.headers) for r in rules):
-        return None, b""
-    raw = await up.content.read(MAX_PEEK)
+def _needs_body(rules: Any, up: UpstreamResponse) -> bool:
+    return any(r.json and r.matches_head(up.status, up.headers) for r in rules)
+
+
+async def _peek(kh: Keyhop, up: UpstreamResponse, deadline: Deadline) -> tuple[Any, bytes]:
+    """Read up to MAX_PEEK bytes of the body for a rule that looks at its JSON; (parsed, raw
+    bytes read). The body may come in many segments; the read timeout applies to each wait."""
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < MAX_PEEK:
+            deadline.extend(loop.time())
+            chunk = await up.content.readany()
+            deadline.at = math.inf
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except asyncio.CancelledError:
+        if kh.deadlines.expired(deadline):
+            raise UpstreamTimeout(
+                f"{up.host} sent the head of its answer, then nothing for {deadline.seconds:g} s"
+            ) from None
+        raise
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        raise UpstreamUnreachable(f"{up.host} cut its answer short") from None
+    finally:
+        deadline.at = math.inf
+    raw = b"".join(chunks)
     try:
         return json.loads(raw), raw
     except ValueError:
@@ -244,6 +269,8 @@ async def _send(
         raise UpstreamUnreachable(
             f"{host} failed before answering ({type(exc).__name__})"
         ) from None
+    except RequestBodyLost:
+        raise  # the client went away mid-upload: handle() logs it as 499
     except UnsafeHeader:
         raise CredentialError(
             f"a header for {prt.config.name} (a credential or a configured value) holds a "
@@ -479,40 +506,46 @@ async def _forward(
             info.upstream_ms = round(elapsed * 1000, 3)
             kh.metrics.upstream(provider.name, elapsed)
 
-            if provider.throttle_on and _matches(provider.throttle_on, up, None):
-                kh.metrics.throttle(provider.name, "upstream")
-                until = reset_time(up.headers, kh.clock())
-                if until is not None:
-                    await kh.limiter.block(provider.name, until)
-                if provider.retry_throttled and replayable:
-                    delay = max(0.0, until - kh.clock()) if until is not None else 1.0
-                    if (
-                        throttle_retries >= MAX_THROTTLE_RETRIES
-                        or waited + delay > MAX_THROTTLE_WAIT
-                    ):
-                        up.release()
-                        raise RateLimited(
-                            f"{provider.name} is throttling and asks to wait {delay:.0f} s",
-                            retry_after=retry_after_seconds(kh.clock() + delay, kh.clock()),
-                        )
-                    up.release()
-                    throttle_retries += 1
-                    waited += delay
-                    await asyncio.sleep(delay)
-                    continue
-                return await _stream_back(kh, request, up, info, deadline)
+            try:
+                peeked, raw = None, b""
+                check_refresh = credential is not None and not refreshed and provider.refresh_on
+                if _needs_body(provider.throttle_on, up) or (
+                    check_refresh and _needs_body(provider.refresh_on, up)
+                ):
+                    peeked, raw = await _peek(kh, up, deadline)
 
-            if credential is not None and not refreshed and provider.refresh_on:
-                peeked, raw = await _peek(up, provider.refresh_on)
-                if _matches(provider.refresh_on, up, peeked):
+                if provider.throttle_on and _matches(provider.throttle_on, up, peeked):
+                    kh.metrics.throttle(provider.name, "upstream")
+                    until = reset_time(up.headers, kh.clock())
+                    if until is not None:
+                        await kh.limiter.block(provider.name, until)
+                    if provider.retry_throttled and replayable:
+                        delay = max(0.0, until - kh.clock()) if until is not None else 1.0
+                        if (
+                            throttle_retries >= MAX_THROTTLE_RETRIES
+                            or waited + delay > MAX_THROTTLE_WAIT
+                        ):
+                            raise RateLimited(
+                                f"{provider.name} is throttling and asks to wait {delay:.0f} s",
+                                retry_after=retry_after_seconds(kh.clock() + delay, kh.clock()),
+                            )
+                        up.release()
+                        throttle_retries += 1
+                        waited += delay
+                        await asyncio.sleep(delay)
+                        continue
+                elif check_refresh and _matches(provider.refresh_on, up, peeked):
+                    assert credential is not None
                     await kh.manager.invalidate(provider, tenant, credential)
                     if replayable:
                         up.release()
                         refreshed = True
                         credential, info.credential = await kh.manager.get(provider, tenant)
                         continue
-                return await _stream_back(kh, request, up, info, deadline, raw)
-            return await _stream_back(kh, request, up, info, deadline)
+            except BaseException:
+                up.release()  # whatever went wrong, the connection is not left taken
+                raise
+            return await _stream_back(kh, request, up, info, deadline, raw)
     finally:
         kh.deadlines.disarm(deadline)
 

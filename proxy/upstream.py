@@ -42,6 +42,11 @@ class BadUpstreamAnswer(Exception):
     """The upstream's answer was not HTTP keyhop can parse."""
 
 
+class RequestBodyLost(ConnectionResetError):
+    """The client's body stopped arriving (it went away): the upstream connection was cut.
+    A ConnectionResetError, so forward.py logs the request as the client's (499)."""
+
+
 class UnsafeHeader(Exception):
     """A header value to be sent holds a line break or another control character (a token
     or a templated value could otherwise split the request)."""
@@ -50,7 +55,7 @@ class UnsafeHeader(Exception):
 class UpstreamResponse:
     """What forward.py reads: status, reason, headers and the body as a stream."""
 
-    __slots__ = ("status", "reason", "headers", "content", "_origin", "_conn", "_writer")
+    __slots__ = ("status", "reason", "headers", "content", "host", "_origin", "_conn", "_writer")
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class UpstreamResponse:
         self.reason = reason
         self.headers = headers
         self.content = content
+        self.host = origin.host  # for error messages
         self._origin: _Origin | None = origin
         self._conn = conn
         self._writer = writer
@@ -84,9 +90,11 @@ class UpstreamResponse:
 
 @dataclass(eq=False)
 class _Origin:
-    """The connections to one upstream (scheme, host, port, TLS settings)."""
+    """The connections to one upstream (host, port, TLS settings): routes to one host under
+    different base paths share them, and share the limit."""
 
-    upstream: Upstream
+    host: str
+    port: int
     ssl: ssl.SSLContext | None
     host_line: str  # "Host: example.com" (port only when not the scheme's default)
     limit: int
@@ -94,21 +102,27 @@ class _Origin:
     idle: deque[tuple[ResponseHandler, float]] = field(default_factory=deque)
     busy: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    closed: bool = False
 
     async def acquire(
         self, loop: asyncio.AbstractEventLoop, connect_timeout: float
     ) -> tuple[ResponseHandler, bool]:
-        """A connection and whether it was used before (the upstream may have closed it)."""
-        while self.busy >= self.limit:
+        """A connection and whether it was used before (the upstream may have closed it).
+        When all are busy, requests wait in arrival order; a freed slot is handed straight
+        to the first of them, so no newcomer can take it first."""
+        if self.busy >= self.limit:
             waiter = loop.create_future()
             self.waiters.append(waiter)
             try:
-                await waiter
+                await waiter  # woken with the slot already ours (busy counts it)
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # it was our turn: pass it on
+                if waiter.cancelled():
+                    self.waiters.remove(waiter)
+                else:
+                    self.free_slot()  # it was our turn: pass it on
                 raise
-        self.busy += 1
+        else:
+            self.busy += 1
         idle = self.idle
         while idle:
             conn, _ = idle.pop()  # the most recent: the likeliest to be alive
@@ -119,53 +133,58 @@ class _Origin:
             async with asyncio.timeout(connect_timeout):
                 return await self._connect(loop), False
         except BaseException:
-            self.busy -= 1
-            self._wake()
+            self.free_slot()
             raise
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
-        up = self.upstream
         _, conn = await loop.create_connection(
             lambda: ResponseHandler(loop),
-            up.host,
-            up.port,
+            self.host,
+            self.port,
             ssl=self.ssl,
-            server_hostname=up.host if self.ssl is not None else None,
+            server_hostname=self.host if self.ssl is not None else None,
         )
         return conn
 
     def release(self, conn: ResponseHandler, reusable: bool) -> None:
-        self.busy -= 1
-        if reusable and conn.is_connected() and not conn.should_close:
+        if reusable and not self.closed and conn.is_connected() and not conn.should_close:
             now = asyncio.get_running_loop().time()
             self.idle.append((conn, now))
             self.expire(now)
         else:
             conn.close()
-        self._wake()
+        self.free_slot()
+
+    def free_slot(self) -> None:
+        """Hand the slot to the first waiter, or give it back."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.busy -= 1
 
     def expire(self, now: float) -> None:
         idle = self.idle
         while idle and now - idle[0][1] > self.keepalive:
             idle.popleft()[0].close()
 
+    @property
+    def unused(self) -> bool:
+        return not (self.idle or self.busy or self.waiters)
+
     def close(self) -> None:
+        """At exit: idle connections close now, busy ones when released."""
+        self.closed = True
         while self.idle:
             self.idle.popleft()[0].close()
-
-    def _wake(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
 
 class UpstreamPool:
     def __init__(self, per_origin: int = PER_ORIGIN, keepalive: float = KEEPALIVE) -> None:
         self.per_origin = per_origin
         self.keepalive = keepalive
-        self._origins: dict[tuple[Upstream, ssl.SSLContext | None], _Origin] = {}
+        self._origins: dict[tuple[str, int, ssl.SSLContext | None], _Origin] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -181,12 +200,16 @@ class UpstreamPool:
         self._origins.clear()
 
     async def _reap(self) -> None:
-        """Close connections idle for longer than `keepalive`, also when traffic stopped."""
+        """Close connections idle for longer than `keepalive`, also when traffic stopped, and
+        forget origins with nothing left (a reload gives a `ca_file` provider a new TLS
+        context, so its old origin would otherwise stay for good)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.keepalive / 4)
-            for origin in list(self._origins.values()):
+            for key, origin in list(self._origins.items()):
                 origin.expire(loop.time())
+                if origin.unused:
+                    del self._origins[key]
 
     def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> _Origin:
         context: ssl.SSLContext | None = None
@@ -197,15 +220,17 @@ class UpstreamPool:
                 if self._default_tls is None:
                     self._default_tls = ssl.create_default_context()
                 context = self._default_tls
-        key = (upstream, context)
+        key = (upstream.host, upstream.port, context)
         origin = self._origins.get(key)
         if origin is None:
             host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
             if upstream.port != _DEFAULT_PORTS[upstream.scheme]:
                 host = f"{host}:{upstream.port}"
-            origin = self._origins[key] = _Origin(
-                upstream, context, f"Host: {host}", self.per_origin, self.keepalive
+            host_line = f"Host: {host}"
+            origin = _Origin(
+                upstream.host, upstream.port, context, host_line, self.per_origin, self.keepalive
             )
+            self._origins[key] = origin
         return origin
 
     async def request(
@@ -322,4 +347,5 @@ async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
         raise
     except Exception as exc:
         transport.abort()
-        conn.set_exception(ClientOSError(f"the request body did not arrive: {type(exc).__name__}"))
+        lost = RequestBodyLost(f"the request body did not arrive: {type(exc).__name__}")
+        conn.set_exception(lost)
