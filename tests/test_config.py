@@ -233,6 +233,35 @@ def test_an_unknown_header_placeholder_is_an_error_at_the_header() -> None:
     ), found
 
 
+@pytest.mark.parametrize("name", ["X:Y", "Bad Name", "X-\u00e9", ""])
+def test_a_header_name_that_is_not_a_token_is_an_error(name: str) -> None:
+    data = good()
+    data["providers"]["p"]["headers"][name] = "v"
+    found = problems(data)
+    assert any(
+        line.startswith(f"{SOURCE}: providers.p.headers.{name}: ") and "header name" in line
+        for line in found
+    ), found
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x1bb"])
+def test_a_header_value_with_a_line_break_is_an_error_that_never_quotes_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KEYHOP_TEST_HEADER", "Sq7x" + value)
+    found = problems(with_(good(), "providers.p.headers.X-Key", "${KEYHOP_TEST_HEADER}"))
+    assert any(
+        line.startswith(f"{SOURCE}: providers.p.headers.X-Key: ") and "control character" in line
+        for line in found
+    ), found
+    assert not any("Sq7x" in line or "Injected" in line for line in found)
+
+
+def test_a_tab_in_a_header_value_is_fine() -> None:
+    provider = parse_config(with_(good(), "providers.p.headers.X-Tab", "a\tb"), SOURCE)
+    assert headers_of(provider.providers["p"])["X-Tab"] == "a\tb"
+
+
 def test_a_missing_ca_file_is_an_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "ca.pem"
     found = problems(with_(good(), "providers.p.ca_file", str(missing)))
