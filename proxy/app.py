@@ -75,7 +75,9 @@ def create_app(
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    app = web.Application(middlewares=[unrouted], handler_args={"max_field_size": 16384})
+    app = web.Application(
+        middlewares=[unrouted], handler_args={"max_field_size": 16384, "max_line_size": 16384}
+    )
     # one catch-all route hands every request to dispatch ([\s\S]: even a decoded newline)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", dispatch)
     store = store if store is not None else open_store(config.store)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -37,7 +37,7 @@ from proxy.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.headers import clean_request_headers, clean_response_headers
+from proxy.headers import UnrelayableHeader, clean_request_headers, clean_response_headers
 from proxy.messages import HttpRequest, HttpResponse, dotted
 from proxy.ratelimit import MAX_PACING_WAIT, reset_time, retry_after_seconds
 from proxy.routing import RouteMatch, Upstream
@@ -276,8 +276,8 @@ async def _send(
             f"a header for {prt.config.name} (a credential or a configured value) holds a "
             "line break or control character; the request was not sent"
         ) from None
-    except BadUpstreamAnswer:
-        raise UpstreamUnreachable(f"{host} answered with something that is not HTTP") from None
+    except BadUpstreamAnswer as exc:
+        raise UpstreamUnreachable(f"{host} answered with {exc}") from None
     except OSError:
         raise UpstreamUnreachable(f"cannot connect to {host}:{upstream.port}") from None
     finally:
@@ -330,7 +330,11 @@ async def _stream_back(
     deadline: Deadline,
     prefix: bytes = b"",
 ) -> web.StreamResponse:
-    headers = clean_response_headers(up.headers)
+    try:
+        headers = clean_response_headers(up.headers)
+    except UnrelayableHeader as exc:
+        up.release()
+        raise UpstreamUnreachable(f"{up.host} {exc}") from None
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
     loop = asyncio.get_running_loop()
@@ -360,6 +364,10 @@ async def _stream_back(
         _relayed(response, up.headers)
         if declared is not None:
             response.content_length = declared
+        elif request.version < HttpVersion11:
+            # an HTTP/1.0 client knows the end of a body of unknown length only by the
+            # connection closing (aiohttp would keep a keep-alive one open: a hang)
+            response.force_close()
         await response.prepare(request)
         sent = response
         if prefix:
@@ -376,6 +384,11 @@ async def _stream_back(
         return response
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):
+            if sent is None and not request.writer.output_size:
+                # nothing went out yet (a small answer being gathered): a clean 504
+                raise UpstreamTimeout(
+                    f"{up.host} went silent for {deadline.seconds:g} s in the middle of its answer"
+                ) from None
             raise _cut_short(request, info, sent) from None
         raise
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -26,6 +27,12 @@ HOP_BY_HOP: Final = frozenset(
 _REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
 _RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
 KEYHOP_PREFIX: Final = "x-keyhop-"
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class UnrelayableHeader(ValueError):
+    """An upstream header value holds a control character (aiohttp's lenient parser lets
+    some through; no HTTP writer may send them on)."""
 
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
@@ -62,6 +69,7 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's headers minus hop-by-hop and Connection-named ones.
 
     Content-Length is dropped here only because the response object sets it itself.
+    Raises UnrelayableHeader for a value with a control character.
     """
     named = connection_tokens(headers.getall("Connection", ()))
     out: CIMultiDict[str] = CIMultiDict()
@@ -69,5 +77,7 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         lower = name.lower()
         if lower in _RESPONSE_OWN or lower in named:
             continue
+        if not value.isprintable() and _CONTROL.search(value):  # a tab is fine
+            raise UnrelayableHeader(f"the upstream's {name} header holds a control character")
         out.add(name, value)
     return out

@@ -104,8 +104,9 @@ class RouteTable:
         self._by_prefix = {r.prefix.rstrip("/"): r for r in self.routes}
 
     def match(self, target: str) -> RouteMatch | None:
-        """The route for a raw origin-form target, longest prefix on whole segments."""
-        path, sep, query = target.partition("?")
+        """The route for a raw origin-form target, longest prefix on whole segments. A
+        `#fragment` is not part of a request target (RFC 9112 3.2): it is dropped."""
+        path, sep, query = target.partition("#")[0].partition("?")
         check_path(path)
         candidate = path
         while True:

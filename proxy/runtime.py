@@ -56,7 +56,9 @@ class ProviderRuntime:
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:
     if ca_file is None:
         return True  # aiohttp's default: verified against the system trust store
-    return ssl.create_default_context(cafile=ca_file)
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])  # what keyhop speaks, said as aiohttp says it
+    return context
 
 
 @dataclass

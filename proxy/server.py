@@ -78,7 +78,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)
 
-    server = _Server(handler, access_log=None, max_field_size=16384)
+    server = _Server(handler, access_log=None, max_field_size=16384, max_line_size=16384)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET

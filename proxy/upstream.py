@@ -15,12 +15,15 @@ Read timeouts are not kept here: forward.py's watchdog cancels the waiting task.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import aiohappyeyeballs
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.client_proto import ResponseHandler
@@ -39,7 +42,8 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class BadUpstreamAnswer(Exception):
-    """The upstream's answer was not HTTP keyhop can parse."""
+    """The upstream's answer cannot be relayed; the text says what it was, in keyhop's words
+    (never the upstream's bytes)."""
 
 
 class RequestBodyLost(ConnectionResetError):
@@ -116,10 +120,10 @@ class _Origin:
             try:
                 await waiter  # woken with the slot already ours (busy counts it)
             except asyncio.CancelledError:
-                if waiter.cancelled():
-                    self.waiters.remove(waiter)
-                else:
+                if not waiter.cancelled():
                     self.free_slot()  # it was our turn: pass it on
+                elif waiter in self.waiters:  # (a release may have skipped and dropped it)
+                    self.waiters.remove(waiter)
                 raise
         else:
             self.busy += 1
@@ -137,13 +141,24 @@ class _Origin:
             raise
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
-        _, conn = await loop.create_connection(
-            lambda: ResponseHandler(loop),
-            self.host,
-            self.port,
-            ssl=self.ssl,
-            server_hostname=self.host if self.ssl is not None else None,
+        # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
+        # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
+        infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
         )
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
+        )
+        try:
+            _, conn = await loop.create_connection(
+                lambda: ResponseHandler(loop),
+                sock=sock,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl is not None else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
         return conn
 
     def release(self, conn: ResponseHandler, reusable: bool) -> None:
@@ -219,6 +234,7 @@ class UpstreamPool:
             else:
                 if self._default_tls is None:
                     self._default_tls = ssl.create_default_context()
+                    self._default_tls.set_alpn_protocols(["http/1.1"])
                 context = self._default_tls
         key = (upstream.host, upstream.port, context)
         origin = self._origins.get(key)
@@ -257,8 +273,12 @@ class UpstreamPool:
         # the request line is not checked by _serialize_headers' control-character guard: the
         # method and target come from aiohttp's request parser and the route's checked config
         line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+        # a provider may set Host itself (an upstream reached by address that serves by name)
+        host_line = origin.host_line
+        if hdrs.HOST in headers:
+            host_line = f"Host: {headers.popone(hdrs.HOST)}"
         try:
-            head = line + _serialize_headers(origin.host_line, headers)
+            head = line + _serialize_headers(host_line, headers)
         except ValueError:
             raise UnsafeHeader("a header value holds a control character") from None
         may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
@@ -285,9 +305,14 @@ class UpstreamPool:
                 while True:
                     try:
                         message, payload = await conn.read()
-                    except HttpProcessingError as exc:
-                        raise BadUpstreamAnswer(exc.message or "malformed answer") from None
-                    if not 100 <= message.code <= 199 or message.code == 101:
+                    except HttpProcessingError:
+                        raise BadUpstreamAnswer("something that is not HTTP") from None
+                    if message.code == 101:
+                        # keyhop never asks to switch protocols here (websockets go through
+                        # their own client): relaying it would leave the client talking HTTP
+                        # to a connection that no longer does
+                        raise BadUpstreamAnswer("101 Switching Protocols, unasked")
+                    if not 100 <= message.code <= 199:
                         break  # 1xx interim answers are not relayed
                 return UpstreamResponse(
                     origin, conn, message.code, message.reason, message.headers, payload, writer
@@ -300,6 +325,17 @@ class UpstreamPool:
             except BaseException:
                 _abandon(origin, conn, writer)
                 raise
+
+
+def _literal_address(host: str, port: int) -> list[aiohappyeyeballs.AddrInfoType] | None:
+    """An IP address needs no resolver (a thread hop per connection otherwise)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.version == 6:
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
 
 
 def _abandon(origin: _Origin, conn: ResponseHandler, writer: asyncio.Task[None] | None) -> None:

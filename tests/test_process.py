@@ -428,3 +428,28 @@ async def test_serve_answers_a_request_its_parser_refuses_with_json_bad_request(
     logs = proc.logs()
     assert "Traceback" not in logs
     assert "refused a malformed request" in logs
+
+
+async def test_serve_takes_a_request_line_of_12_kib(
+    upstream: StartUpstream, ca_file: str, tmp_path: Path
+) -> None:
+
+    async def raw(request: web.Request) -> web.Response:
+        return web.json_response({"raw": request.raw_path})
+
+    app = web.Application(handler_args={"max_line_size": 32768})  # the upstream takes it too
+    app.router.add_route("GET", "/{tail:.*}", raw)
+    base = await upstream(app)
+    config = write_config(tmp_path / "k.yaml", versioned(base, ca_file, "v1"))
+    proc = KeyhopProcess(config, tmp_path)
+    proc.start()
+    try:
+        query = "q=" + "a" * 12 * 1024
+        async with aiohttp.ClientSession() as session:
+            async with session.get(URL(f"{proc.url}/s/long?{query}", encoded=True)) as resp:
+                text = await resp.text()
+                assert resp.status == 200, text
+                body = json.loads(text)
+        assert body["raw"] == f"/long?{query}"
+    finally:
+        proc.stop()

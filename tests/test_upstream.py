@@ -1393,3 +1393,115 @@ async def test_a_throttle_on_json_rule_matches_a_body_in_two_segments_and_blocks
     assert int(resp.headers["Retry-After"]) > 25
     assert "p" in error["message"]
     assert [w.path for w in up.requests] == ["/busy"]  # the second was never sent
+
+
+# --- found by a review of the new client (fixed) ----------------------------------------------
+
+
+async def test_a_waiter_cancelled_before_a_release_skips_it_ends_cancelled_not_in_error(
+    raw_upstream: StartRaw, pools: Callable[..., UpstreamPool]
+) -> None:
+    """A read timeout cancels a queued request; a release then drops its cancelled turn
+    before the request runs again: it must end as cancelled (a 504), never a ValueError."""
+    up = await raw_upstream(keep_alive())
+    pool = pools(per_origin=1)
+    held = await fetch(pool, up)
+    waiting = asyncio.create_task(fetch(pool, up))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    held.release()  # before the cancelled task gets to run
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    again = await asyncio.wait_for(fetch(pool, up), 2)  # and the slot is free
+    again.release()
+
+
+async def test_an_unasked_101_is_a_502_and_its_connection_is_not_reused(
+    raw_upstream: StartRaw, proxy: MakeProxy
+) -> None:
+    def answer(wire: Wire) -> bytes:
+        if wire.path == "/switch":
+            return b"HTTP/1.1 101 Switching Protocols\r\n\r\nwhatever follows"
+        return OK
+
+    up = await raw_upstream(keep_alive(answer))
+    client = await proxy(route(up.base))
+    resp = await client.session.get(raw_url(client, "/r/switch"))
+    body = await assert_error(resp, 502, "upstream_unreachable")
+    assert "101" in body["message"]
+    resp = await client.session.get(raw_url(client, "/r/x"))
+    assert (resp.status, await resp.read()) == (200, b"ok")
+    assert up.connections == 2
+
+
+async def test_a_host_set_by_the_provider_is_the_only_host_sent(
+    raw_upstream: StartRaw, proxy: MakeProxy
+) -> None:
+    up = await raw_upstream(keep_alive())
+    client = await proxy(route(up.base, headers={"Host": "api.vendor.example"}))
+    resp = await client.session.get(raw_url(client, "/r/x"), headers={"Host": "client.example"})
+    assert await resp.read() == b"ok"
+    wire = up.requests[0]
+    assert wire.headers.getall("Host") == ["api.vendor.example"]
+    assert wire.header_lines[0] == "Host: api.vendor.example"
+
+
+async def test_an_http_1_0_keep_alive_client_sees_the_end_of_a_body_of_unknown_length(
+    raw_upstream: StartRaw, proxy: MakeProxy, raw_client: OpenClient
+) -> None:
+    def chunked(wire: Wire) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+    up = await raw_upstream(keep_alive(chunked))
+    client = await proxy(route(up.base))
+    conn = await raw_client(client.port)
+    await conn.send(b"GET /r/x HTTP/1.0\r\nHost: keyhop\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, body = await conn.response()  # reads to the close; times out on a hang
+    assert status.split(" ")[1] == "200"
+    assert body == b"hello"
+
+
+async def test_an_upstream_header_with_a_control_character_is_a_502_not_an_empty_reply(
+    raw_upstream: StartRaw, proxy: MakeProxy
+) -> None:
+    def answer(wire: Wire) -> bytes:
+        if wire.path == "/ctl":
+            return b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok"
+        return OK
+
+    up = await raw_upstream(keep_alive(answer))
+    client = await proxy(route(up.base))
+    lines: list[str] = []
+    client.app[KEYHOP].access_log = lines.append
+    resp = await client.session.get(raw_url(client, "/r/ctl"))
+    body = await assert_error(resp, 502, "upstream_unreachable")
+    assert "X-A" in body["message"]
+    assert json.loads(lines[-1])["status"] == 502
+    resp = await client.session.get(raw_url(client, "/r/x"))
+    assert (resp.status, await resp.read()) == (200, b"ok")
+
+
+async def test_a_small_answer_that_stalls_before_anything_was_sent_is_a_504(
+    raw_upstream: StartRaw, proxy: MakeProxy
+) -> None:
+    async def stall(conn: RawConn) -> None:
+        if await conn.request() is not None:
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+            await conn.request()  # silent until keyhop gives up
+
+    up = await raw_upstream(stall)
+    client = await proxy(route(up.base, timeouts={"connect": 2, "read": 0.3}))
+    resp = await client.session.get(raw_url(client, "/r/x"))
+    await assert_error(resp, 504, "upstream_timeout")
+
+
+async def test_a_fragment_never_goes_upstream(
+    raw_upstream: StartRaw, proxy: MakeProxy, raw_client: OpenClient
+) -> None:
+    up = await raw_upstream(keep_alive())
+    client = await proxy(route(up.base))
+    conn = await raw_client(client.port)
+    await conn.send(b"GET /r/a%20b/c?q=1#frag HTTP/1.1\r\nHost: keyhop\r\n\r\n")
+    status, _, body = await conn.response()
+    assert body == b"ok"
+    assert up.requests[0].request_line == "GET /a%20b/c?q=1 HTTP/1.1"
