@@ -593,6 +593,7 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     info = AccessInfo(task)
     status = 500
     kh.metrics.in_flight += 1
+    kh.in_flight.add(task)
     try:
         target = request.raw_path
         if request.method == hdrs.METH_CONNECT or not target.startswith("/"):
@@ -640,4 +641,5 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         )
     finally:
         kh.metrics.in_flight -= 1
+        kh.in_flight.discard(task)
         log_access(request, info, status, started, kh)

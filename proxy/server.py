@@ -127,7 +127,17 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
     log.info("draining in-flight requests (up to %g s), then exiting", config.drain_timeout)
-    await runner.cleanup()  # stops listening, waits for in-flight requests
+    try:
+        # stops listening, waits for in-flight requests; aiohttp's own shutdown would wait
+        # its timeout twice (once for the requests, once more after cancelling them)
+        await asyncio.wait_for(runner.cleanup(), config.drain_timeout)
+    except TimeoutError:
+        left = [task for task in kh.in_flight if not task.done()]
+        log.warning("drain timeout: cutting %d request(s) still in flight", len(left))
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=2)
     await app.shutdown()
     await app.cleanup()
     writer.flush()

@@ -453,3 +453,44 @@ async def test_serve_takes_a_request_line_of_12_kib(
         assert body["raw"] == f"/long?{query}"
     finally:
         proc.stop()
+
+
+async def test_a_drain_that_runs_out_of_time_cuts_the_request_at_drain_timeout(
+    upstream: StartUpstream, processes: Start, tmp_path: Path, ca_file: str
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(10)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    base = await upstream(app)
+    data = versioned(base, ca_file, "one")
+    data["drain_timeout"] = 1
+    proc = processes(write_config(tmp_path / "keyhop.yaml", data))
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+
+        async def in_flight() -> int:
+            async with session.get(proc.url + "/s/slow") as resp:
+                await resp.read()
+                return resp.status
+
+        task = asyncio.create_task(in_flight())
+        await asyncio.wait_for(started.wait(), 10)
+        signalled = time.monotonic()
+        proc.send(signal.SIGTERM)
+        assert proc.proc is not None
+        returncode = await asyncio.to_thread(proc.proc.wait, 15)
+        took = time.monotonic() - signalled
+        outcome = await asyncio.gather(task, return_exceptions=True)
+    assert returncode == 0
+    assert 0.9 < took < 2.5, f"exited {took:.1f} s after SIGTERM with drain_timeout 1"
+    assert outcome != [200]  # cut, never answered as if whole
+    proc.stop()
+    logs = proc.logs()
+    assert "cutting 1 request(s) still in flight" in logs
+    assert '"status":499' in logs
