@@ -3,7 +3,8 @@ response protocol and C parser, without ClientSession's per-request machinery (a
 object, a response object, cookie and trace hooks, timers, header copies), which was most of
 what keyhop spent on a request. Token endpoints and websockets still use ClientSession.
 
-Same wire behaviour as the ClientSession it replaces: Host first, then the headers given,
+Same wire behaviour as the ClientSession it replaces: Host first (the upstream's, or one a
+provider configured), then the headers given,
 nothing added but the body's framing (`Content-Length`, or `Transfer-Encoding: chunked` for
 a stream of unknown length, `Content-Length: 0` for a body-less POST/PUT/PATCH/DELETE);
 responses without a length are read until the connection closes; a request on a reused
@@ -261,11 +262,11 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and wait for the head of its answer; the body streams after.
 
-        Raises TimeoutError when no connection was made within `connect_timeout`, OSError
-        (ssl.SSLError among them) when none could be made, the
-        aiohttp ClientError subclasses when the connection failed before an answer, and
-        BadUpstreamAnswer for an answer that is not HTTP, UnsafeHeader before sending
-        anything when a header value could split the request.
+        Raises TimeoutError when no connection was made within `connect_timeout`; OSError
+        (ssl.SSLError among them) when none could be made; aiohttp's ClientError subclasses
+        when the connection failed before an answer; RequestBodyLost when the client's body
+        stopped arriving; BadUpstreamAnswer for an answer that cannot be relayed; and
+        UnsafeHeader, before anything is sent, when a header value could split the request.
         """
         origin = self._origin(upstream, tls)
         loop = asyncio.get_running_loop()
@@ -296,9 +297,10 @@ class UpstreamPool:
                 if body is None:
                     transport.write(head)
                 elif isinstance(body, bytes):
-                    transport.write(head + body if len(body) < 16384 else head)
-                    if len(body) >= 16384:
-                        transport.write(body)
+                    if len(body) < 16384:
+                        transport.write(head + body)  # one segment; a copy is cheap here
+                    else:
+                        transport.writelines((head, body))
                 else:
                     transport.write(head)
                     writer = asyncio.create_task(_write_body(conn, body, chunked))
