@@ -19,6 +19,7 @@ import yaml
 
 from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.errors import ConfigError
+from proxy.headers import CONTROL_CHARS, FIELD_NAME
 from proxy.presets import PRESETS, merge
 from proxy.routing import Route, Upstream, check_prefix
 from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
@@ -28,9 +29,6 @@ DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
 PROVIDER_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 TENANT_RULE: Final = "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -"
 TENANT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
-#: RFC 9110 5.1: a field name is a token
-HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _INTERP: Final = re.compile(r"\$\$|\$\{([^}]*)\}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: a header template's pieces: `{{`, `}}`, `{name}`, and the literal text between them
@@ -310,10 +308,10 @@ def _read_provider(
         if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
             hnode.error(str(header), f"expected a string or null, found {describe(value)}")
             continue
-        if not HEADER_NAME_RE.fullmatch(str(header)):
+        if not FIELD_NAME.fullmatch(str(header)):
             hnode.error(str(header), "not a valid header name (RFC 9110 token characters only)")
             continue
-        if value is not None and _CONTROL_RE.search(str(value)):
+        if value is not None and CONTROL_CHARS.search(str(value)):
             # the value itself is never quoted: it may have come from a secret
             hnode.error(str(header), "the value holds a line break or another control character")
             continue

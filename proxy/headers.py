@@ -27,7 +27,10 @@ HOP_BY_HOP: Final = frozenset(
 _REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
 _RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
 KEYHOP_PREFIX: Final = "x-keyhop-"
-_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: RFC 9110 5.1: a field name is a token
+FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: what no field value may hold (RFC 9110 5.5: controls other than tab)
+CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class UnrelayableHeader(ValueError):
@@ -77,7 +80,7 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         lower = name.lower()
         if lower in _RESPONSE_OWN or lower in named:
             continue
-        if not value.isprintable() and _CONTROL.search(value):  # a tab is fine
+        if not value.isprintable() and CONTROL_CHARS.search(value):  # a tab is fine
             raise UnrelayableHeader(f"the upstream's {name} header holds a control character")
         out.add(name, value)
     return out
