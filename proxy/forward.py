@@ -592,8 +592,7 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     assert task is not None
     info = AccessInfo(task)
     status = 500
-    kh.metrics.in_flight += 1
-    kh.in_flight.add(task)
+    kh.metrics.in_flight.add(task)
     try:
         target = request.raw_path
         if request.method == hdrs.METH_CONNECT or not target.startswith("/"):
@@ -640,6 +639,5 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
             {"error": "internal_error", "message": "keyhop failed; see its log"}, status=500
         )
     finally:
-        kh.metrics.in_flight -= 1
-        kh.in_flight.discard(task)
+        kh.metrics.in_flight.discard(task)
         log_access(request, info, status, started, kh)

@@ -7,6 +7,7 @@ per app, so several apps in one process (tests) never share counters.
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Final
@@ -31,7 +32,8 @@ class Metrics:
         self.throttled: dict[tuple[str, str], int] = {}
         # provider -> per-bucket counts (last one is +Inf), sum of seconds
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
-        self.in_flight = 0
+        #: the tasks handling requests now: the gauge, and what a drain out of time cancels
+        self.in_flight: set[asyncio.Task[object]] = set()
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
 
@@ -105,5 +107,5 @@ class _Collector:
         yield throttled
 
         yield GaugeMetricFamily(
-            "keyhop_in_flight_requests", "Requests being handled.", value=m.in_flight
+            "keyhop_in_flight_requests", "Requests being handled.", value=len(m.in_flight)
         )

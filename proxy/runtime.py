@@ -3,7 +3,6 @@ credentials, limiter, metrics) and the config-derived Runtime that SIGHUP swaps 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -100,8 +99,6 @@ class Keyhop:
     deadlines: Deadlines = field(default_factory=Deadlines)
     credentials: CredentialManager | None = None
     started_at: float = field(default_factory=time.time)
-    #: the tasks handling requests now (a drain that runs out of time cancels them)
-    in_flight: set[asyncio.Task[object]] = field(default_factory=set)
     #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop
     answers_expect: bool = False
     #: where access-log lines go: the logging module by default (tests see the records);

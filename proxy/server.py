@@ -132,7 +132,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
         # its timeout twice (once for the requests, once more after cancelling them)
         await asyncio.wait_for(runner.cleanup(), config.drain_timeout)
     except TimeoutError:
-        left = [task for task in kh.in_flight if not task.done()]
+        left = [task for task in kh.metrics.in_flight if not task.done()]
         log.warning("drain timeout: cutting %d request(s) still in flight", len(left))
         for task in left:
             task.cancel()
