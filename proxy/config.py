@@ -21,7 +21,7 @@ from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.errors import ConfigError
 from proxy.headers import CONTROL_CHARS, FIELD_NAME
 from proxy.presets import PRESETS, merge
-from proxy.routing import Route, Upstream, check_prefix
+from proxy.routing import DEFAULT_PORTS, Route, Upstream, check_prefix
 from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -412,7 +412,7 @@ def _read_upstream(node: Node, key: str) -> Upstream | None:
     return Upstream(
         scheme=parts.scheme,
         host=(parts.hostname or "").lower(),
-        port=port or (443 if parts.scheme == "https" else 80),
+        port=port or DEFAULT_PORTS[parts.scheme],
         explicit_port=port is not None,
         base_path=base_path,
     )

@@ -330,17 +330,13 @@ async def _stream_back(
     deadline: Deadline,
     prefix: bytes = b"",
 ) -> web.StreamResponse:
-    try:
-        headers = clean_response_headers(up.headers)
-    except UnrelayableHeader as exc:
-        up.release()
-        raise UpstreamUnreachable(f"{up.host} {exc}") from None
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
     loop = asyncio.get_running_loop()
     deadline.extend(loop.time())
     sent: web.StreamResponse | None = None
     try:
+        headers = clean_response_headers(up.headers)
         if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
             # a small body of known length goes out in one write with its headers
             chunks = [prefix] if prefix else []
@@ -391,6 +387,8 @@ async def _stream_back(
                 ) from None
             raise _cut_short(request, info, sent) from None
         raise
+    except UnrelayableHeader as exc:  # nothing was sent yet
+        raise UpstreamUnreachable(f"{up.host} {exc}") from None
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
         if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
             raise  # the client went away; nothing to tell it

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from proxy.errors import BadRequest
 
 _SEPARATORS: Final = re.compile(r"[/\\]")
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,24 @@ class Upstream:
     base_path: str  # "" or "/api/v2", never a trailing slash
 
     @property
+    def _bracketed_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def origin(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self._bracketed_host
         return (
             f"{self.scheme}://{host}:{self.port}"
             if self.explicit_port
             else f"{self.scheme}://{host}"
         )
+
+    @property
+    def authority(self) -> str:
+        """`host[:port]` as a Host header carries it: the port only when it is not the
+        scheme's default (as aiohttp and yarl send it)."""
+        host = self._bracketed_host
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ PER_ORIGIN: Final = 256  # busy connections per upstream; more requests wait for
 KEEPALIVE: Final = 60.0  # an idle connection is closed after this many seconds
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 class BadUpstreamAnswer(Exception):
@@ -240,10 +239,7 @@ class UpstreamPool:
         key = (upstream.host, upstream.port, context)
         origin = self._origins.get(key)
         if origin is None:
-            host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
-            if upstream.port != _DEFAULT_PORTS[upstream.scheme]:
-                host = f"{host}:{upstream.port}"
-            host_line = f"Host: {host}"
+            host_line = f"Host: {upstream.authority}"
             origin = _Origin(
                 upstream.host, upstream.port, context, host_line, self.per_origin, self.keepalive
             )
