@@ -213,7 +213,6 @@ async def _peek(kh: Keyhop, up: UpstreamResponse, deadline: Deadline) -> tuple[A
         while size < MAX_PEEK:
             deadline.extend(loop.time())
             chunk = await up.content.readany()
-            deadline.at = math.inf
             if not chunk:
                 break
             chunks.append(chunk)
