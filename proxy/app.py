@@ -20,6 +20,9 @@ from proxy.store import Store, open_store
 from proxy.token_cache import CredentialManager
 from proxy.tokens import Credential
 
+#: the longest request line and header field keyhop's server takes (aiohttp's default is 8190)
+LINE_LIMIT: Final = 16 * 1024
+
 _ADDS_NOTHING: Final = CIMultiDict(
     (name, None) for name in (hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE)
 )
@@ -76,7 +79,8 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[unrouted], handler_args={"max_field_size": 16384, "max_line_size": 16384}
+        middlewares=[unrouted],
+        handler_args={"max_field_size": LINE_LIMIT, "max_line_size": LINE_LIMIT},
     )
     # one catch-all route hands every request to dispatch ([\s\S]: even a decoded newline)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", dispatch)

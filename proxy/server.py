@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.app import create_app
+from proxy.app import LINE_LIMIT, create_app
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.forward import handle
@@ -42,7 +42,8 @@ class _Handler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("an answer was already sent; cannot send an error after it")
         if isinstance(exc, LineTooLong):
-            text = "a request line or header is longer than keyhop accepts (16 KiB)"
+            limit = LINE_LIMIT // 1024
+            text = f"a request line or header is longer than keyhop accepts ({limit} KiB)"
         else:
             text = "the request is not valid HTTP/1.1 (malformed line, header or target)"
         log.warning("refused a malformed request from %s: %s", request.remote, type(exc).__name__)
@@ -78,7 +79,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)
 
-    server = _Server(handler, access_log=None, max_field_size=16384, max_line_size=16384)
+    server = _Server(handler, access_log=None, max_field_size=LINE_LIMIT, max_line_size=LINE_LIMIT)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
