@@ -77,8 +77,9 @@ class Runtime:
             name: ProviderRuntime(
                 p,
                 _ssl_context(p.ca_file),
-                # the read timeout is applied by forward.py with asyncio.timeout: aiohttp's
-                # sock_read re-arms a timer on every read, a cost on every request
+                # for token-endpoint calls (ClientSession); their read timeout is an
+                # asyncio.timeout around the call in forward.py. The request path
+                # (proxy/upstream.py) takes the connect timeout directly.
                 ClientTimeout(total=None, sock_connect=p.timeouts.connect, sock_read=None),
             )
             for name, p in self.config.providers.items()
