@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.callbacks import handle_oauth
 from proxy.errors import NoRoute
+from proxy.gate import check_client_key
 from proxy.runtime import Keyhop
 
 if TYPE_CHECKING:
@@ -98,12 +100,8 @@ async def handle_admin(
     if path == "/-/metrics":
         return web.Response(body=kh.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if path == "/-/providers":
-        from proxy.forward import _check_client_key
-
-        _check_client_key(kh, request)
+        check_client_key(kh.runtime, request)
         return web.json_response(await providers_view(kh))
     if path.startswith("/-/oauth/"):
-        from proxy.callbacks import handle_oauth
-
         return await handle_oauth(kh, request, info)
     raise NoRoute(f"no keyhop endpoint {path}")

@@ -11,7 +11,8 @@ from multidict import CIMultiDict
 
 from proxy.auth import CredentialFlow
 from proxy.config import Config, ProviderConfig
-from proxy.forward import dispatch, run_flow, unrouted
+from proxy.flows import run_flow
+from proxy.forward import dispatch, unrouted
 from proxy.metrics import Metrics
 from proxy.ratelimit import Limiter, LocalLimiter
 from proxy.redis_store import RedisLimiter, RedisStore

@@ -23,6 +23,7 @@ from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
 from proxy.config import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.errors import BadRequest, CredentialError, NoRoute, ProxyError
+from proxy.flows import run_flow
 from proxy.runtime import Keyhop
 from proxy.tokens import Credential
 
@@ -94,8 +95,6 @@ async def begin_login(
 
 async def finish_login(kh: Keyhop, provider: ProviderConfig, code: str, state: str) -> str | None:
     """Exchange a code for the login `state` started; returns the tenant."""
-    from proxy.forward import run_flow
-
     pending = await kh.store.get(LOGIN_STATE, state)
     if pending is None or pending.is_expired(kh.clock()):
         raise BadRequest("unknown or expired login state; start the login again")
@@ -148,8 +147,6 @@ async def _authorization_code(
 async def _app_install(
     kh: Keyhop, request: web.BaseRequest, provider: ProviderConfig, action: str
 ) -> web.StreamResponse:
-    from proxy.forward import run_flow
-
     scheme = provider.scheme
     assert isinstance(scheme, AppInstall)
     if action in ("install", "callback") and request.method == "GET":

@@ -20,6 +20,7 @@ import yaml
 from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.errors import ConfigError
 from proxy.headers import CONTROL_CHARS, FIELD_NAME
+from proxy.outbound import HeaderTemplate, SignConfig, compile_template
 from proxy.presets import PRESETS, merge
 from proxy.routing import DEFAULT_PORTS, Route, Upstream, check_prefix
 from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
@@ -31,10 +32,6 @@ TENANT_RULE: Final = "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -"
 TENANT_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 _INTERP: Final = re.compile(r"\$\$|\$\{([^}]*)\}")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-#: a header template's pieces: `{{`, `}}`, `{name}`, and the literal text between them
-_TEMPLATE_PIECES: Final = re.compile(r"(\{\{|\}\}|\{[A-Za-z_][A-Za-z0-9_]*\})")
-#: placeholders filled per request; everything else is filled once, at load time
-DYNAMIC_VARS: Final = frozenset({"token", "tenant"})
 
 
 def default_store() -> str:
@@ -65,19 +62,6 @@ class Listen:
 
 
 @dataclass(frozen=True)
-class HeaderTemplate:
-    """A header value with `{token}` / `{tenant}` left to fill per request."""
-
-    name: str
-    parts: tuple[str, ...] = field(repr=False)  # even: literal, odd: placeholder name
-
-    def render(self, values: Mapping[str, str]) -> str:
-        if len(self.parts) == 1:
-            return self.parts[0]
-        return "".join(p if i % 2 == 0 else values.get(p, "") for i, p in enumerate(self.parts))
-
-
-@dataclass(frozen=True)
 class ResponseMatch:
     """A rule on an upstream answer: a status, optionally header values and JSON fields."""
 
@@ -105,12 +89,6 @@ class RateLimit:
 class Timeouts:
     connect: float = 10.0
     read: float = 60.0
-
-
-@dataclass(frozen=True)
-class SignConfig:
-    type: str  # mac | x_signature
-    key: Secret = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -202,38 +180,6 @@ def _interpolate(value: Any, path: str, problems: Problems, found: set[str]) -> 
         return env
 
     return _INTERP.sub(substitute, value)
-
-
-def compile_template(
-    node: Node, key: str, text: str, static: Mapping[str, str | Secret]
-) -> HeaderTemplate | None:
-    parts: list[str] = []
-    literal: list[str] = []
-    for piece in _TEMPLATE_PIECES.split(text):
-        if piece in ("{{", "}}"):
-            literal.append(piece[0])
-        elif piece.startswith("{") and piece.endswith("}") and len(piece) > 2:
-            name = piece[1:-1]
-            if name in static:
-                value = static[name]
-                literal.append(value.reveal() if isinstance(value, Secret) else value)
-            elif name in DYNAMIC_VARS:
-                parts.append("".join(literal))
-                parts.append(name)
-                literal = []
-            else:
-                known = sorted(set(static) | DYNAMIC_VARS)
-                where = node.path.rpartition(".")[0] or node.path
-                node.error(
-                    key,
-                    f"uses {{{name}}}, which nothing defines: set {where}.vars.{name} "
-                    f"or write the header's value yourself (known: {', '.join(known)})",
-                )
-                return None
-        else:
-            literal.append(piece)
-    parts.append("".join(literal))
-    return HeaderTemplate(key, tuple(parts))
 
 
 # --- readers ---------------------------------------------------------------------------------

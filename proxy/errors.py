@@ -8,6 +8,7 @@
       ├─ NotConnected               503 not_connected
       ├─ CredentialError            502 credential_error
       ├─ UpstreamUnreachable        502 upstream_unreachable
+      ├─ UpstreamRefusedUpgrade     502 upstream_refused_upgrade (a WebSocket handshake)
       ├─ UpstreamTimeout            504 upstream_timeout
       └─ RateLimited                429 rate_limited (+ Retry-After)
     ConfigError                    every problem found in a config file, listed
@@ -76,6 +77,11 @@ class CredentialError(ProxyError):
 class UpstreamUnreachable(ProxyError):
     status = 502
     code = "upstream_unreachable"
+
+
+class UpstreamRefusedUpgrade(ProxyError):
+    status = 502
+    code = "upstream_refused_upgrade"
 
 
 class UpstreamTimeout(ProxyError):

@@ -21,8 +21,7 @@ from redis.exceptions import RedisError
 
 from proxy.config import RateLimit
 from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter
-from proxy.store import StoredItem
-from proxy.tokens import Credential
+from proxy.tokens import Credential, StoredItem
 
 log = logging.getLogger("keyhop.store")
 T = TypeVar("T")

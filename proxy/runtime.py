@@ -12,16 +12,15 @@ from typing import Final
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from proxy.authorize import provider_headers
 from proxy.config import Config, ProviderConfig
 from proxy.deadlines import Deadlines
 from proxy.metrics import Metrics
+from proxy.outbound import Injector
 from proxy.ratelimit import Limiter
 from proxy.routing import RouteTable
 from proxy.schema import Redactor
 from proxy.store import Store
 from proxy.token_cache import CredentialManager
-from proxy.tokens import Credential
 from proxy.upstream import UpstreamPool
 
 log = logging.getLogger("keyhop")
@@ -33,24 +32,11 @@ class ProviderRuntime:
     ssl: ssl.SSLContext | bool
     timeout: ClientTimeout
     needs_credential: bool = field(init=False)
-    _rendered: dict[tuple[str | None, str | None], list[tuple[str, str]]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    inject: Injector = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.needs_credential = self.config.scheme.kind not in ("static", "none")
-
-    def headers_for(
-        self, credential: Credential | None, tenant: str | None
-    ) -> list[tuple[str, str]]:
-        """Provider and credential headers, rendered once per credential and tenant."""
-        key = (credential.token if credential is not None else None, tenant)
-        rendered = self._rendered.get(key)
-        if rendered is None:
-            if len(self._rendered) >= 1024:  # old tokens and tenants: start over
-                self._rendered.clear()
-            rendered = self._rendered[key] = provider_headers(self.config, credential, tenant)
-        return rendered
+        self.inject = Injector(self.config.headers, self.config.scheme, self.config.sign)
 
 
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:

@@ -16,19 +16,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
-from proxy.tokens import Credential
+from proxy.tokens import Credential, StoredItem
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StoredItem:
-    provider: str
-    tenant: str | None
-    credential: Credential
 
 
 class Store(Protocol):

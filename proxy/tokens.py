@@ -70,6 +70,15 @@ class Credential:
         )
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    """One record of the token store: a provider's (and tenant's) credential."""
+
+    provider: str
+    tenant: str | None
+    credential: Credential
+
+
 def token_error(provider: str, response: HttpResponse) -> CredentialError:
     """RFC 6749 5.2: name the provider and its error code, never echo the body at length."""
     body = response.json()

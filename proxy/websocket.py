@@ -1,5 +1,5 @@
 """WebSocket routes (SPEC 4.1): credentials at the handshake, then frames relayed both ways.
-An upgrade on any other route is refused by forward.py, never passed on bare."""
+An upgrade on any other route is refused (forward.py), never passed on bare."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.errors import UpstreamUnreachable
-from proxy.routing import RouteMatch
+from proxy.errors import UpstreamRefusedUpgrade, UpstreamUnreachable
+from proxy.outbound import Outbound
 from proxy.runtime import Keyhop, ProviderRuntime
-from proxy.tokens import Credential
 
 
 def is_upgrade(request: web.BaseRequest) -> bool:
@@ -23,19 +22,12 @@ def is_upgrade(request: web.BaseRequest) -> bool:
 
 
 async def relay_websocket(
-    kh: Keyhop,
-    request: web.BaseRequest,
-    prt: ProviderRuntime,
-    match: RouteMatch,
-    url: URL,
-    headers: CIMultiDict[str],
-    credential: Credential | None,
-    tenant: str | None,
+    kh: Keyhop, request: web.BaseRequest, prt: ProviderRuntime, outbound: Outbound
 ) -> web.StreamResponse:
-    """Credentials at the handshake, then frames relayed both ways until either side closes."""
-    from proxy.forward import set_auth_headers
-
-    set_auth_headers(kh, prt, headers, credential, tenant, "GET", match)
+    """Credentials at the handshake (`outbound` carries them), then frames relayed both ways
+    until either side closes."""
+    url = URL(outbound.upstream.origin + outbound.target, encoded=True)
+    headers = CIMultiDict(outbound.headers)
     for name in list(headers):
         if name.lower().startswith("sec-websocket-"):
             del headers[name]
@@ -53,10 +45,7 @@ async def relay_websocket(
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
     except aiohttp.WSServerHandshakeError as exc:
-        return web.json_response(
-            {"error": "upstream_refused_upgrade", "message": f"upstream answered {exc.status}"},
-            status=502,
-        )
+        raise UpstreamRefusedUpgrade(f"upstream answered {exc.status}") from None
     except (aiohttp.ClientError, TimeoutError):
         raise UpstreamUnreachable(f"cannot open a WebSocket to {url.host}") from None
     client = web.WebSocketResponse(protocols=[ws.protocol] if ws.protocol else ())

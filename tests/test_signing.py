@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.authorize import new_nonce
+from proxy.outbound import new_nonce
 from proxy.signing import (
     mac_authorization,
     mac_normalized_string,

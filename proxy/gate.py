@@ -1,0 +1,30 @@
+"""The gate: what a request must be and carry before keyhop looks further (SPEC 4.1, 4.6).
+Shared by the proxy path and the admin endpoints that follow the same access rules."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import hdrs, web
+
+from proxy.errors import BadRequest, ClientKeyRequired
+from proxy.runtime import Runtime
+
+
+def check_target(request: web.BaseRequest) -> None:
+    """Only origin-form targets: an absolute-form URL or CONNECT could name another host."""
+    if request.method == hdrs.METH_CONNECT or not request.raw_path.startswith("/"):
+        raise BadRequest("only origin-form request targets (/path) are accepted")
+
+
+def check_client_key(runtime: Runtime, request: web.BaseRequest) -> None:
+    """`clients.keys`, on every listen address, compared in constant time."""
+    keys = runtime.client_keys
+    if not keys:
+        return
+    given = request.headers.get("X-Keyhop-Key", "").encode("utf-8", "surrogateescape")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key)
+    if not ok:
+        raise ClientKeyRequired("this proxy needs a valid X-Keyhop-Key header")

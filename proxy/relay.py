@@ -1,0 +1,146 @@
+"""Relaying an upstream's answer to the client (SPEC 4.1): status, reason, headers and
+body as the upstream sent them, streamed; a body the upstream cuts short is cut short to the
+client too (the connection is aborted), never finished as if it were whole."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import HttpVersion11, hdrs, web
+from multidict import CIMultiDict
+
+from proxy.access import AccessInfo
+from proxy.deadlines import Deadline
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.headers import UnrelayableHeader, clean_response_headers
+from proxy.runtime import Keyhop
+from proxy.upstream import UpstreamResponse
+
+SMALL_BODY: Final = 64 * 1024  # answers up to this size are sent whole, in one write
+
+
+class UpstreamCut(Exception):
+    """The upstream ended its body early; the client connection was aborted to match.
+    `response` is what the client already got (None when nothing was sent yet)."""
+
+    def __init__(self, response: web.StreamResponse | None = None) -> None:
+        super().__init__("the upstream cut its answer short")
+        self.response = response
+
+
+class _Relayed:
+    """Mixin for the answers keyhop relays: aiohttp adds a default Content-Type and its own
+    Server header to every response; an upstream's answer keeps only what the upstream sent."""
+
+    _upstream_sent: frozenset[str] = frozenset()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()  # type: ignore[misc]
+        headers: CIMultiDict[str] = self.headers  # type: ignore[attr-defined]
+        for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
+            if name not in self._upstream_sent:
+                headers.popall(name, None)
+
+
+class RelayedResponse(_Relayed, web.Response):
+    pass
+
+
+class RelayedStreamResponse(_Relayed, web.StreamResponse):
+    pass
+
+
+def _relayed(response: _Relayed, upstream_headers: Any) -> None:
+    response._upstream_sent = frozenset(
+        name for name in (hdrs.CONTENT_TYPE, hdrs.SERVER) if name in upstream_headers
+    )
+
+
+def _cut_short(
+    request: web.BaseRequest, info: AccessInfo, sent: web.StreamResponse | None = None
+) -> UpstreamCut:
+    """The upstream ended its body early: the client must see a cut too, never a clean end."""
+    info.aborted = True
+    if request.transport is not None:
+        request.transport.abort()
+    return UpstreamCut(sent)
+
+
+async def stream_back(
+    kh: Keyhop,
+    request: web.BaseRequest,
+    up: UpstreamResponse,
+    info: AccessInfo,
+    deadline: Deadline,
+    prefix: bytes = b"",
+) -> web.StreamResponse:
+    """Relay `up` (of which `prefix` was already read) to the client; always releases it."""
+    length = up.headers.get(hdrs.CONTENT_LENGTH)
+    declared = int(length) if length is not None and length.isdigit() else None
+    loop = asyncio.get_running_loop()
+    deadline.extend(loop.time())
+    sent: web.StreamResponse | None = None
+    try:
+        headers = clean_response_headers(up.headers)
+        if declared is not None and declared <= SMALL_BODY and request.method != hdrs.METH_HEAD:
+            # a small body of known length goes out in one write with its headers
+            chunks = [prefix] if prefix else []
+            try:
+                while chunk := await up.content.readany():
+                    chunks.append(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                # what arrived goes out under the declared length, then the cut: the
+                # client sees a short body, exactly as on the streamed path
+                partial = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
+                _relayed(partial, up.headers)
+                partial.content_length = declared
+                await partial.prepare(request)
+                await partial.write(b"".join(chunks))
+                raise _cut_short(request, info, partial) from None
+            body = b"".join(chunks)
+            small = RelayedResponse(status=up.status, reason=up.reason, headers=headers, body=body)
+            _relayed(small, up.headers)
+            return small
+        response = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
+        _relayed(response, up.headers)
+        if declared is not None:
+            response.content_length = declared
+        elif request.version < HttpVersion11:
+            # an HTTP/1.0 client knows the end of a body of unknown length only by the
+            # connection closing (aiohttp would keep a keep-alive one open: a hang)
+            response.force_close()
+        await response.prepare(request)
+        sent = response
+        if prefix:
+            await response.write(prefix)
+        while True:
+            # the read timeout is the longest silence from the upstream, not the client's pace
+            deadline.extend(loop.time())
+            chunk = await up.content.readany()
+            if not chunk:
+                break
+            deadline.at = math.inf
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    except asyncio.CancelledError:
+        if kh.deadlines.expired(deadline):
+            if sent is None and not request.writer.output_size:
+                # nothing went out yet (a small answer being gathered): a clean 504
+                raise UpstreamTimeout(
+                    f"{up.host} went silent for {deadline.seconds:g} s in the middle of its answer"
+                ) from None
+            raise _cut_short(request, info, sent) from None
+        raise
+    except UnrelayableHeader as exc:  # nothing was sent yet
+        raise UpstreamUnreachable(f"{up.host} {exc}") from None
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        if isinstance(exc, ConnectionResetError | aiohttp.ClientConnectionResetError):
+            raise  # the client went away; nothing to tell it
+        raise _cut_short(request, info, sent) from None
+    finally:
+        deadline.at = math.inf
+        up.release()
