@@ -10,10 +10,11 @@ from aiohttp import ClientRequest, ClientSession, DummyCookieJar, TCPConnector, 
 from multidict import CIMultiDict
 
 from proxy.auth import CredentialFlow
-from proxy.config import Config, ProviderConfig
+from proxy.config import Config
 from proxy.flows import run_flow
 from proxy.forward import dispatch, unrouted
 from proxy.metrics import Metrics
+from proxy.providers import ProviderConfig
 from proxy.ratelimit import Limiter, LocalLimiter
 from proxy.redis_store import RedisLimiter, RedisStore
 from proxy.runtime import KEYHOP, Keyhop, Runtime

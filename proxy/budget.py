@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.config import ProviderConfig
 from proxy.errors import RateLimited
+from proxy.providers import ProviderConfig
 from proxy.ratelimit import MAX_PACING_WAIT, retry_after_seconds
 from proxy.runtime import Keyhop
 

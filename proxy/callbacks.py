@@ -21,9 +21,9 @@ from aiohttp import web
 
 from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
-from proxy.config import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.errors import BadRequest, CredentialError, NoRoute, ProxyError
 from proxy.flows import run_flow
+from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.runtime import Keyhop
 from proxy.tokens import Credential
 

@@ -27,11 +27,11 @@ from aiohttp import web
 
 from proxy.access import AccessInfo
 from proxy.budget import MAX_THROTTLE_RETRIES, MAX_THROTTLE_WAIT
-from proxy.config import ResponseMatch
 from proxy.deadlines import Deadline
 from proxy.errors import RateLimited, UpstreamTimeout, UpstreamUnreachable
 from proxy.messages import dotted
 from proxy.outbound import Outbound
+from proxy.providers import ResponseMatch
 from proxy.ratelimit import reset_time, retry_after_seconds
 from proxy.relay import stream_back
 from proxy.runtime import Keyhop, ProviderRuntime

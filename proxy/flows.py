@@ -10,9 +10,9 @@ import aiohttp
 from yarl import URL
 
 from proxy.auth import CredentialFlow
-from proxy.config import ProviderConfig
 from proxy.errors import CredentialError
 from proxy.messages import HttpRequest, HttpResponse
+from proxy.providers import ProviderConfig
 from proxy.runtime import Keyhop, ProviderRuntime
 from proxy.tokens import Credential
 

@@ -17,8 +17,9 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.auth.oauth2 import AuthorizationCode
 from proxy.callbacks import LOGIN_STATE, LOGIN_TTL, begin_login, finish_login
-from proxy.config import TENANT_RE, TENANT_RULE, Config
+from proxy.config import Config
 from proxy.errors import ProxyError
+from proxy.providers import TENANT_RE, TENANT_RULE
 from proxy.runtime import KEYHOP
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
-from proxy.config import RateLimit
+from proxy.providers import RateLimit
 
 MAX_PACING_WAIT: Final = 30.0  # a queue longer than this is answered 429, not held
 

@@ -19,7 +19,7 @@ from typing import Final, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from proxy.config import RateLimit
+from proxy.providers import RateLimit
 from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter
 from proxy.tokens import Credential, StoredItem
 

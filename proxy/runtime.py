@@ -12,10 +12,11 @@ from typing import Final
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from proxy.config import Config, ProviderConfig
+from proxy.config import Config
 from proxy.deadlines import Deadlines
 from proxy.metrics import Metrics
 from proxy.outbound import Injector
+from proxy.providers import ProviderConfig
 from proxy.ratelimit import Limiter
 from proxy.routing import RouteTable
 from proxy.schema import Redactor

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.config import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.errors import BadRequest, TenantRequired
+from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.routing import RouteMatch
 
 

@@ -22,8 +22,8 @@ from typing import Final, Protocol
 from cachetools import TLRUCache
 
 from proxy.auth import CredentialFlow
-from proxy.config import ProviderConfig
 from proxy.errors import CredentialError, NotConnected
+from proxy.providers import ProviderConfig
 from proxy.store import Store
 from proxy.tokens import Credential
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from proxy.config import RateLimit
+from proxy.providers import RateLimit
 from proxy.redis_store import RedisLimiter, RedisStore
 from proxy.tokens import Credential
 from tests.redis_server import RedisServer

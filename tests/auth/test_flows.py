@@ -12,9 +12,9 @@ import pytest
 from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode
 from proxy.auth.session_login import SessionLogin
-from proxy.config import ProviderConfig
 from proxy.errors import CredentialError, NotConnected
 from proxy.messages import HttpRequest, HttpResponse
+from proxy.providers import ProviderConfig
 from proxy.signing import hmac_hex, sesami_message
 from proxy.tokens import Credential
 from tests.conftest import make_config
