@@ -55,6 +55,15 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class ClientTimeouts:
+    """Time limits on the client's side of a connection (the upstream's are per provider)."""
+
+    head: float = 10.0  # from a request's first byte to the end of its head
+    keepalive: float = 75.0  # an idle keep-alive connection is closed after this
+    client_write: float = 60.0  # longest a client may leave an answer unread
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     listen: Listen
@@ -64,6 +73,7 @@ class Config:
     routes: tuple[Route, ...]
     drain_timeout: float = 30.0
     fetch_lock_ttl: float = 30.0
+    timeouts: ClientTimeouts = ClientTimeouts()
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
@@ -205,6 +215,15 @@ def parse_config(
     drain = root.number("drain_timeout", 30.0, minimum=0.0)
     lock_ttl = root.number("fetch_lock_ttl", 30.0, minimum=1.0)
     root.integer("replay_max_bytes", DEFAULT_REPLAY_MAX_BYTES)
+    tnode = root.child("timeouts")
+    timeouts = ClientTimeouts(
+        head=tnode.number("head", ClientTimeouts.head, minimum=0.0, exclusive=True),
+        keepalive=tnode.number("keepalive", ClientTimeouts.keepalive, minimum=0.0, exclusive=True),
+        client_write=tnode.number(
+            "client_write", ClientTimeouts.client_write, minimum=0.0, exclusive=True
+        ),
+    )
+    tnode.finish()
     root.finish()
     if problems.items:
         # a value read from ${...} is never quoted back, even when it is the wrong value
@@ -229,6 +248,7 @@ def parse_config(
         routes=tuple(routes),
         drain_timeout=drain,
         fetch_lock_ttl=lock_ttl,
+        timeouts=timeouts,
         secrets=frozenset(s for s in secrets if len(s) >= 4),
     )
 

@@ -77,11 +77,18 @@ async def stream_back(
     deadline: Deadline,
     prefix: bytes = b"",
 ) -> web.StreamResponse:
-    """Relay `up` (of which `prefix` was already read) to the client; always releases it."""
+    """Relay `up` (of which `prefix` was already read) to the client; always releases it.
+
+    Two time limits, neither counting against the other: the provider's read timeout is
+    the longest silence from the upstream (each chunk that arrives starts it again), and
+    `timeouts.client_write` the longest a client may leave an answer unread; past it the
+    client's connection is cut, so a client that never reads cannot hold an upstream
+    connection."""
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
     loop = asyncio.get_running_loop()
-    deadline.extend(loop.time())
+    client_write = kh.runtime.config.timeouts.client_write
+    writing = False  # True while waiting on the client, False while waiting on the upstream
     sent: web.StreamResponse | None = None
     try:
         headers = clean_response_headers(up.headers)
@@ -89,7 +96,11 @@ async def stream_back(
             # a small body of known length goes out in one write with its headers
             chunks = [prefix] if prefix else []
             try:
-                while chunk := await up.content.readany():
+                while True:
+                    deadline.extend(loop.time())  # a steady trickle is not silence
+                    chunk = await up.content.readany()
+                    if not chunk:
+                        break
                     chunks.append(chunk)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
                 # what arrived goes out under the declared length, then the cut: the
@@ -97,12 +108,20 @@ async def stream_back(
                 partial = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
                 _relayed(partial, up.headers)
                 partial.content_length = declared
+                sent, writing = partial, True
+                deadline.at = loop.time() + client_write
                 await partial.prepare(request)
                 await partial.write(b"".join(chunks))
                 raise _cut_short(request, info, partial) from None
-            body = b"".join(chunks)
-            small = RelayedResponse(status=up.status, reason=up.reason, headers=headers, body=body)
+            up.release()  # all of it is here: the connection goes back before the client reads
+            small = RelayedResponse(
+                status=up.status, reason=up.reason, headers=headers, body=b"".join(chunks)
+            )
             _relayed(small, up.headers)
+            sent, writing = small, True
+            deadline.at = loop.time() + client_write
+            await small.prepare(request)
+            await small.write_eof()
             return small
         response = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
         _relayed(response, up.headers)
@@ -112,22 +131,31 @@ async def stream_back(
             # an HTTP/1.0 client knows the end of a body of unknown length only by the
             # connection closing (aiohttp would keep a keep-alive one open: a hang)
             response.force_close()
+        writing = True
+        deadline.at = loop.time() + client_write
         await response.prepare(request)
         sent = response
         if prefix:
             await response.write(prefix)
         while True:
-            # the read timeout is the longest silence from the upstream, not the client's pace
+            writing = False
             deadline.extend(loop.time())
             chunk = await up.content.readany()
             if not chunk:
                 break
-            deadline.at = math.inf
+            writing = True
+            deadline.at = loop.time() + client_write
             await response.write(chunk)
+        writing = True
+        deadline.at = loop.time() + client_write
         await response.write_eof()
         return response
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):
+            if writing:
+                # the client stopped reading: its connection is cut, the upstream's freed
+                info.error = "client_write_timeout"
+                raise _cut_short(request, info, sent) from None
             if sent is None and not request.writer.output_size:
                 # nothing went out yet (a small answer being gathered): a clean 504
                 raise UpstreamTimeout(
