@@ -53,6 +53,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     kh.deadlines.start()
     kh.upstreams.start()
+    if kh.runtime.config.tracing is not None:
+        from proxy.tracing import Tracing  # opentelemetry is imported only when it is used
+
+        kh.tracing = Tracing(kh.runtime.config.tracing)
+        kh.tracing.register(kh.metrics.registry)
 
     async def runner(provider: ProviderConfig, flow: CredentialFlow) -> Credential:
         return await run_flow(kh, provider, flow)
@@ -67,6 +72,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if kh.tracing is not None:
+            kh.tracing.close()
         await kh.credentials.close()
         await kh.deadlines.stop()
         await kh.upstreams.close()

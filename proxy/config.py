@@ -64,6 +64,15 @@ class ClientTimeouts:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """SPEC 6.2: OTLP over HTTP; spans go to <otlp_endpoint>/v1/traces."""
+
+    otlp_endpoint: str
+    service_name: str = "keyhop"
+    sample_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     listen: Listen
@@ -74,6 +83,7 @@ class Config:
     drain_timeout: float = 30.0
     fetch_lock_ttl: float = 30.0
     timeouts: ClientTimeouts = ClientTimeouts()
+    tracing: TracingConfig | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
@@ -107,6 +117,19 @@ def _read_upstream(node: Node, key: str) -> Upstream | None:
         explicit_port=port is not None,
         base_path=base_path,
     )
+
+
+def _read_tracing(node: Node) -> TracingConfig | None:
+    if not node.ok or not node.raw:
+        node.finish()
+        return None
+    endpoint = node.url("otlp_endpoint", required=True)
+    service = node.string("service_name", "keyhop") or "keyhop"
+    ratio = node.number("sample_ratio", 1.0, minimum=0.0)
+    if ratio > 1.0:
+        node.error("sample_ratio", f"expected a number from 0 to 1, found {ratio:g}")
+    node.finish()
+    return TracingConfig(endpoint, service, min(ratio, 1.0)) if endpoint else None
 
 
 def parse_config(
@@ -224,6 +247,7 @@ def parse_config(
         ),
     )
     tnode.finish()
+    tracing = _read_tracing(root.child("tracing"))
     root.finish()
     if problems.items:
         # a value read from ${...} is never quoted back, even when it is the wrong value
@@ -249,6 +273,7 @@ def parse_config(
         drain_timeout=drain,
         fetch_lock_ttl=lock_ttl,
         timeouts=timeouts,
+        tracing=tracing,
         secrets=frozenset(s for s in secrets if len(s) >= 4),
     )
 

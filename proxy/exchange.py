@@ -28,7 +28,7 @@ from aiohttp import web
 from proxy.access import AccessInfo
 from proxy.budget import MAX_THROTTLE_RETRIES, MAX_THROTTLE_WAIT
 from proxy.deadlines import Deadline
-from proxy.errors import RateLimited, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ProxyError, RateLimited, UpstreamTimeout, UpstreamUnreachable
 from proxy.messages import dotted
 from proxy.outbound import Outbound
 from proxy.providers import ResponseMatch
@@ -91,12 +91,13 @@ async def exchange(
     request: web.BaseRequest,
     info: AccessInfo,
     prt: ProviderRuntime,
-    build: Callable[[Credential | None], Outbound],
+    build: Callable[[Credential | None, str | None], Outbound],
     credential: Credential | None,
     tenant: str | None,
     replayable: bool,
 ) -> web.StreamResponse:
-    """Send what `build` makes for the credential; apply the rules above; relay the answer."""
+    """Send what `build` makes for the credential (and trace context); apply the rules
+    above; relay the answer."""
     provider = prt.config
     deadline = kh.deadlines.arm(provider.timeouts.read, info.task)
     deadline.at = math.inf
@@ -104,10 +105,25 @@ async def exchange(
         refreshed = False
         throttle_retries = 0
         waited = 0.0
+        attempt = 0
         while True:
-            outbound = build(credential)
-            started = time.perf_counter()
-            up = await send(kh, deadline, prt, outbound)
+            attempt += 1
+            if kh.tracing is None:
+                outbound = build(credential, None)
+                started = time.perf_counter()
+                up = await send(kh, deadline, prt, outbound)
+            else:
+                span, traceparent = kh.tracing.start_upstream(provider.name, attempt)
+                try:
+                    outbound = build(credential, traceparent)
+                    started = time.perf_counter()
+                    up = await send(kh, deadline, prt, outbound)
+                    span.set_attribute("http.response.status_code", up.status)
+                except ProxyError as exc:
+                    span.set_attribute("keyhop.error", exc.code)
+                    raise
+                finally:
+                    span.end()
             elapsed = time.perf_counter() - started
             info.upstream_ms = round(elapsed * 1000, 3)
             kh.metrics.upstream(provider.name, elapsed)

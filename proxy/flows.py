@@ -21,6 +21,13 @@ MAX_TOKEN_RESPONSE: Final = 1024 * 1024
 
 async def run_flow(kh: Keyhop, provider: ProviderConfig, flow: CredentialFlow) -> Credential:
     """Drive a scheme's flow: send each request it yields, return what it returns."""
+    if kh.tracing is None:
+        return await _run_flow(kh, provider, flow)
+    with kh.tracing.span("credential.fetch", {"keyhop.provider": provider.name}, client=True):
+        return await _run_flow(kh, provider, flow)
+
+
+async def _run_flow(kh: Keyhop, provider: ProviderConfig, flow: CredentialFlow) -> Credential:
     prt = kh.runtime.providers.get(provider.name)
     try:
         request = next(flow)

@@ -27,7 +27,7 @@ from proxy.gate import check_client_key, check_target
 from proxy.headers import clean_request_headers
 from proxy.outbound import Outbound
 from proxy.relay import UpstreamCut
-from proxy.runtime import KEYHOP, Keyhop
+from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
 from proxy.tenants import pick_tenant
 from proxy.tokens import Credential
 from proxy.websocket import is_upgrade, relay_websocket
@@ -58,11 +58,7 @@ async def proxy_request(
         cleaned = clean_request_headers(
             request.headers, keep_authorization=provider.passes_client_auth
         )
-        credential: Credential | None = None
-        if prt.needs_credential:
-            credential, info.credential = await kh.manager.get(provider, tenant)
-        else:
-            info.credential = provider.kind
+        credential = await get_credential(kh, prt, tenant, info)
 
         upstream = route.upstream
         path = upstream.base_path + match.path or "/"
@@ -79,7 +75,7 @@ async def proxy_request(
         want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
         body, replayable = await read_body(request, provider.replay_max_bytes, want_replay)
 
-        def build(credential: Credential | None) -> Outbound:
+        def build(credential: Credential | None, traceparent: str | None) -> Outbound:
             return prt.inject.build(
                 request.method,
                 upstream,
@@ -90,6 +86,7 @@ async def proxy_request(
                 credential,
                 tenant,
                 kh.clock(),
+                traceparent,
             )
 
         return await exchange(kh, request, info, prt, build, credential, tenant, replayable)
@@ -97,6 +94,23 @@ async def proxy_request(
         exc.route = exc.route or route.prefix
         exc.provider = exc.provider or provider.name
         raise
+
+
+async def get_credential(
+    kh: Keyhop, prt: ProviderRuntime, tenant: str | None, info: AccessInfo
+) -> Credential | None:
+    """The provider's credential for the tenant (memory, store or fetched; single-flight)."""
+    provider = prt.config
+    if not prt.needs_credential:
+        info.credential = provider.kind
+        return None
+    if kh.tracing is None:
+        credential, info.credential = await kh.manager.get(provider, tenant)
+        return credential
+    with kh.tracing.span("credential", {"keyhop.provider": provider.name}) as span:
+        credential, info.credential = await kh.manager.get(provider, tenant)
+        span.set_attribute("keyhop.credential_source", info.credential)
+    return credential
 
 
 def error_response(kh: Keyhop | None, exc: ProxyError) -> web.Response:
@@ -138,6 +152,15 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     info = AccessInfo(task)
     status = 500
     kh.metrics.in_flight.add(task)
+    tracing = kh.tracing
+    if tracing is not None and not request.raw_path.startswith("/-/"):
+        span, token = tracing.start_request(
+            request.method,
+            request.raw_path.partition("?")[0],
+            request.headers.get("traceparent"),
+        )
+    else:
+        tracing = None
     try:
         check_target(request)
         if request.raw_path.startswith("/-/"):
@@ -182,3 +205,16 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     finally:
         kh.metrics.in_flight.discard(task)
         log_access(request, info, status, started, kh)
+        if tracing is not None:
+            tracing.end_request(span, token, trace_attributes(info), status)
+
+
+def trace_attributes(info: AccessInfo) -> dict[str, str | None]:
+    """What a request's span carries: names and outcomes, never a value a client sent."""
+    return {
+        "keyhop.route": info.route,
+        "keyhop.provider": info.provider,
+        "keyhop.tenant": info.tenant,
+        "keyhop.credential_source": info.credential,
+        "keyhop.error": info.error,
+    }

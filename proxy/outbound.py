@@ -207,9 +207,13 @@ class Injector:
         credential: Credential | None,
         tenant: str | None,
         now: float,
+        traceparent: str | None = None,
     ) -> Outbound:
-        """The request for one attempt: the client's cleaned headers plus keyhop's."""
+        """The request for one attempt: the client's cleaned headers plus keyhop's (and the
+        trace context, when tracing is on, before the signature covers the headers)."""
         headers = cleaned.copy()
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         target = path if query is None else f"{path}?{query}"
         self.add_to(headers, method, upstream, target, credential, tenant, now)
         return Outbound(method, upstream, path, query, CIMultiDictProxy(headers), body)

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -23,6 +23,9 @@ from proxy.schema import Redactor
 from proxy.store import Store
 from proxy.token_cache import CredentialManager
 from proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.tracing import Tracing
 
 log = logging.getLogger("keyhop")
 
@@ -87,6 +90,8 @@ class Keyhop:
     deadlines: Deadlines = field(default_factory=Deadlines)
     credentials: CredentialManager | None = None
     started_at: float = field(default_factory=time.time)
+    #: OpenTelemetry spans, when `tracing:` is configured (proxy/tracing.py); None: off
+    tracing: Tracing | None = None
     #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop
     answers_expect: bool = False
     #: where access-log lines go: the logging module by default (tests see the records);
