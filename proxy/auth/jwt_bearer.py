@@ -93,6 +93,7 @@ class JwtBearer:
     token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     token_params: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     key: Secret | None = field(default=None, repr=False)  # the PEM, for the redactor
+    client_secret: Secret | None = field(default=None, repr=False)  # likewise
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> JwtBearer:
@@ -132,6 +133,7 @@ class JwtBearer:
             token_headers=read_header_map(node, "token_headers"),
             token_params=read_secret_map(node, "token_params"),
             key=pem,
+            client_secret=client_auth.secret if client_auth else None,
         )
 
     @property

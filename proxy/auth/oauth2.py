@@ -110,6 +110,8 @@ class ClientCredentials(OAuthClient):
     scope: str | None = None
     token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     token_params: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    #: the private_key_jwt PEM, a field of its own so config.secrets (the redactor) finds it
+    client_key: Secret | None = field(default=None, repr=False)
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> ClientCredentials:
@@ -123,6 +125,7 @@ class ClientCredentials(OAuthClient):
             scope=node.string("scope"),
             token_headers=read_header_map(node, "token_headers"),
             token_params=read_secret_map(node, "token_params"),
+            client_key=client_auth.key,
         )
 
     def credential_flow(
@@ -166,6 +169,7 @@ class AuthorizationCode(OAuthClient):
     pkce: bool = False
     token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     authorize_params: Mapping[str, str] = field(default_factory=dict)
+    client_key: Secret | None = field(default=None, repr=False)  # for the redactor
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> AuthorizationCode:
@@ -184,6 +188,7 @@ class AuthorizationCode(OAuthClient):
             pkce=node.boolean("pkce", False),
             token_headers=read_header_map(node, "token_headers"),
             authorize_params={str(k): params.string(str(k)) or "" for k in params.raw},
+            client_key=client_auth.key,
         )
 
     def login_hint(self, tenant: str | None) -> str:

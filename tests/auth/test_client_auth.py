@@ -317,3 +317,14 @@ def test_token_headers_follow_the_header_rules_and_the_value_is_never_quoted(
     assert f"providers.p.auth.{fragment}" in text
     for value in headers.values():
         assert value not in text
+
+
+def test_the_private_key_is_among_the_secrets_the_redactor_scrubs() -> None:
+    pem, _ = key_pair("RS256")
+    config = make_config(
+        {
+            "providers": {"p": {"auth": cc({"type": "private_key_jwt", "key": pem})}},
+            "routes": [{"prefix": "/x", "upstream": "https://api.test", "provider": "p"}],
+        }
+    )
+    assert pem in config.secrets
