@@ -125,13 +125,14 @@ def read_signer(
     kid: str | None = None,
     default_alg: str = "RS256",
     algorithms: tuple[str, ...] = KEY_ALGORITHMS,
+    key_required: bool = True,
 ) -> tuple[JwtSigner | None, Secret | None]:
     """`key` (PEM), `key_passphrase`, `alg`, `kid` of a node; the key may come from elsewhere
     (a service-account file). The signer is None when a problem was reported; the PEM is
     returned too, for the redactor."""
     alg = node.choice("alg", algorithms, default_alg)
     kid = node.string("kid") or kid
-    pem = node.secret("key", required=key is None) or key
+    pem = node.secret("key", required=key is None and key_required) or key
     passphrase = node.secret("key_passphrase")
     if pem is None:
         return None, None

@@ -135,7 +135,7 @@ def read_client_auth(
     where = options if options is not None else node
     signer, key = None, None
     audience, lifetime = token_url, DEFAULT_LIFETIME
-    if options is not None:
+    if options is not None and method in JWT_METHODS:
         audience = options.string("aud") or token_url
         lifetime = options.integer("lifetime", DEFAULT_LIFETIME, minimum=1)
     if method == "private_key_jwt":

@@ -97,15 +97,19 @@ class JwtBearer:
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> JwtBearer:
+        # with a file given, a problem with it is reported once, not again as missing keys
+        given = node.has("service_account_file")
         account = read_service_account(node, "service_account_file")
-        token_url = node.url("token_url", required=not account, base=ctx.base_url)
+        token_url = node.url("token_url", required=not given, base=ctx.base_url)
         token_url = token_url or account.get("token_uri", "")
-        iss = node.string("iss", required=not account) or account.get("client_email", "")
+        iss = node.string("iss", required=not given) or account.get("client_email", "")
         aud = node.string("aud") or token_url
         sub, scope = node.string("sub"), node.string("scope")
         lifetime = node.integer("lifetime", DEFAULT_LIFETIME, minimum=1)
         pem = Secret(account["private_key"]) if "private_key" in account else None
-        signer, pem = read_signer(node, key=pem, kid=account.get("private_key_id"))
+        signer, pem = read_signer(
+            node, key=pem, kid=account.get("private_key_id"), key_required=not given
+        )
         check_vectors(
             node,
             lambda now, jti: (

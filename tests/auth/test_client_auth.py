@@ -328,3 +328,8 @@ def test_the_private_key_is_among_the_secrets_the_redactor_scrubs() -> None:
         }
     )
     assert pem in config.secrets
+
+
+def test_jwt_options_on_a_method_that_signs_nothing_are_unknown_keys() -> None:
+    text = problems(cc({"type": "basic", "lifetime": 30}, client_secret="sec-123456"))
+    assert "providers.p.auth.client_auth.lifetime: unknown key" in text

@@ -154,6 +154,7 @@ def test_a_bad_service_account_file_is_a_config_error_that_never_quotes_it(
     path = service_account(tmp_path, **override)
     text = problems({"auth": {"type": "oauth2_jwt_bearer", "service_account_file": str(path)}})
     assert fragment in text
+    assert "required, missing" not in text  # the file's problem is reported once
     assert "PRIVATE KEY" not in text and "robot@" not in text.replace(str(path), "")
 
 
