@@ -288,3 +288,39 @@ async def test_keyhop_serve_never_shows_a_key_an_assertion_or_a_jwt(
     secrets += [*bank.issued, *github.tokens]
     assert len(bank.jwts) == 1 and len(github.jwts) == 2
     assert_no_secrets([proc.logs(), out, err, *exposed], secrets)
+
+
+async def test_github_app_with_the_installation_as_the_first_path_segment(
+    upstream: StartUpstream, proxy: MakeProxy, ca_file: str
+) -> None:
+    pem, public = key_pair("RS256", "gh-app")
+    fake = FakeGitHub(APP_ID, public)
+    fake.installations.add("12345678")
+    base = await upstream(fake.app)
+    config = github_config(base, ca_file, pem)
+    config["routes"][0]["tenant"] = "path"
+    client = await proxy(config)
+    resp = await client.get("/gh/12345678/installation/repositories")
+    assert resp.status == 200
+    assert (await resp.json())["installation"] == "12345678"
+
+
+async def test_keyhop_check_reports_a_vector_mismatch_by_key_path_without_the_key(
+    tmp_path: Path,
+) -> None:
+    pem = key_pair("ES256")[0]
+    vector = {
+        "given": {"now": 1_700_000_000, "jti": "abc"},
+        "expect": {"header": {"alg": "RS256", "typ": "JWT"}},
+    }
+    config = pkjwt_config("https://idp.test", str(tmp_path), pem, "ES256")
+    del config["providers"]["bank"]["ca_file"]
+    config["providers"]["bank"]["auth"]["client_auth"]["vectors"] = [vector]
+    path = write_config(tmp_path / "keyhop.yaml", {"store": "memory:", **config})
+    rc, out, err = await _cli("check", "--config", str(path))
+    assert rc == 2
+    assert (
+        "providers.bank.auth.client_auth.vectors[0].expect.header: computed "
+        '{"alg": "ES256", "typ": "JWT"}, expected {"alg": "RS256", "typ": "JWT"}'
+    ) in err
+    assert_no_secrets([out, err], _pem_lines(pem))
