@@ -89,6 +89,28 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
     },
     # Spaaza user: the app's own session headers pass through untouched.
     "spaaza_user": {"auth": {"type": "none"}},
+    # GitHub App installation tokens (docs.github.com, "Generating a JSON Web Token (JWT) for
+    # a GitHub App" and "Generating an installation access token"): the user adds `iss` (the
+    # app's client id or app id) and `key` (its private key PEM); the installation id is the
+    # tenant. Upstream calls carry `Authorization: Bearer <installation token>`.
+    "github_app": {
+        "auth": {
+            "type": "jwt_exchange",
+            "token_url": "https://api.github.com/app/installations/{tenant}/access_tokens",
+            "alg": "RS256",
+            "backdate": 60,  # iat 60 s in the past, against clock drift
+            "lifetime": 540,  # exp = now + 540: 10 minutes after iat, GitHub's maximum
+            "token_path": "token",
+            "expires_at_path": "expires_at",
+            "error_path": "message",
+            "token_headers": {
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+            },
+        },
+        "tenants": True,
+        "refresh_on": [401],
+    },
 }
 
 

@@ -6,6 +6,8 @@ from typing import Final
 
 from proxy.auth.app_install import AppInstall
 from proxy.auth.base import AuthScheme, CredentialFlow, SchemeContext
+from proxy.auth.jwt_bearer import JwtBearer
+from proxy.auth.jwt_exchange import JwtExchange
 from proxy.auth.oauth2 import AuthorizationCode, ClientCredentials
 from proxy.auth.session_login import SessionLogin
 from proxy.auth.static_key import NoAuth, StaticKey
@@ -13,7 +15,16 @@ from proxy.schema import Node
 
 SCHEMES: Final[dict[str, type[AuthScheme]]] = {
     cls.kind: cls
-    for cls in (StaticKey, NoAuth, ClientCredentials, AuthorizationCode, AppInstall, SessionLogin)
+    for cls in (
+        StaticKey,
+        NoAuth,
+        ClientCredentials,
+        AuthorizationCode,
+        AppInstall,
+        SessionLogin,
+        JwtBearer,
+        JwtExchange,
+    )
 }
 
 

@@ -21,10 +21,13 @@ CredentialFlow = Generator[HttpRequest, HttpResponse, Credential]
 
 @dataclass(frozen=True)
 class SchemeContext:
-    """What a scheme's options are read against: its provider's name and base URL."""
+    """What a scheme's options are read against: its provider's name and base URL, and
+    whether the provider presents a client certificate (its `tls:` block, SPEC 5.3)."""
 
     provider: str
     base_url: str | None  # endpoints written as paths resolve against it
+    #: RFC 8705 tls_client_auth is only possible when the transport has a certificate to show
+    client_certificate: bool = False
 
 
 class AuthScheme(Protocol):
@@ -71,7 +74,7 @@ class ClientApp:
     header templates, and the secret as the default `sign:` key. Mixed into the dataclass."""
 
     client_id_value: str
-    client_secret: Secret
+    client_secret: Secret | None
 
     @property
     def client_id(self) -> str | None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import urlencode
 
 from proxy.auth.base import ClientApp, CredentialFlow, SchemeContext
+from proxy.auth.client_auth import ClientAuth, read_client_auth
 from proxy.errors import NotConnected
+from proxy.headers import CONTROL_CHARS, FIELD_NAME
 from proxy.messages import HttpRequest
 from proxy.schema import Node, Secret
 from proxy.tokens import Credential, parse_token_response
@@ -22,32 +24,15 @@ from proxy.tokens import Credential, parse_token_response
 FORM: Final = "application/x-www-form-urlencoded"
 
 
-def _basic(client_id: str, secret: Secret) -> tuple[dict[str, str], dict[str, str]]:
-    # RFC 6749 2.3.1 says to form-encode both first; Kibo wants the issued strings as they are.
-    raw = f"{client_id}:{secret.reveal()}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}, {}
-
-
-def _body(client_id: str, secret: Secret) -> tuple[dict[str, str], dict[str, str]]:
-    return {}, {"client_id": client_id, "client_secret": secret.reveal()}
-
-
-#: client authentication methods (RFC 6749 2.3.1): pure encoders of headers and form fields
-CLIENT_AUTH: Final[Mapping[str, Callable[[str, Secret], tuple[dict[str, str], dict[str, str]]]]] = {
-    "basic": _basic,
-    "body": _body,
-}
-
-
 def token_request(
     url: str,
     form: Mapping[str, str],
-    client_auth: str,
-    client_id: str,
-    secret: Secret,
+    client_auth: ClientAuth | None,
     extra_headers: Mapping[str, Secret],
+    now: float,
 ) -> HttpRequest:
-    auth_headers, auth_form = CLIENT_AUTH[client_auth](client_id, secret)
+    """RFC 6749 3.2: a form POST with the client's authentication (client_auth.py) added."""
+    auth_headers, auth_form = client_auth.encode(now) if client_auth else ({}, {})
     headers = {"Content-Type": FORM, "Accept": "application/json"}
     headers.update({k: v.reveal() for k, v in extra_headers.items()})
     headers.update(auth_headers)
@@ -65,26 +50,48 @@ def read_secret_map(node: Node, key: str) -> dict[str, Secret]:
     return out
 
 
+def read_header_map(node: Node, key: str) -> dict[str, Secret]:
+    """Headers for a token or login request, under the rules of a provider's `headers`:
+    RFC 9110 5.1 names, values without CR, LF or other controls (5.5). The value is never
+    quoted in the error: it may be a secret."""
+    out: dict[str, Secret] = {}
+    child = node.child(key)
+    for name in child.raw:
+        value = child.secret(str(name))
+        if not FIELD_NAME.fullmatch(str(name)):
+            child.error(str(name), "not a valid header name (RFC 9110 token characters only)")
+        elif value is not None and CONTROL_CHARS.search(value.reveal()):
+            child.error(str(name), "the value holds a line break or another control character")
+        elif value is not None:
+            out[str(name)] = value
+    return out
+
+
 class OAuthClient(ClientApp):
     """An OAuth2 client with a token endpoint (RFC 6749 3.2)."""
 
     token_url: str
-    client_auth: str
+    client_auth: ClientAuth
     token_headers: Mapping[str, Secret]
 
     @property
     def endpoint(self) -> str:
         return self.token_url
 
-    def token_request(self, form: Mapping[str, str]) -> HttpRequest:
-        return token_request(
-            self.token_url,
-            form,
-            self.client_auth,
-            self.client_id_value,
-            self.client_secret,
-            self.token_headers,
-        )
+    def token_request(self, form: Mapping[str, str], now: float) -> HttpRequest:
+        return token_request(self.token_url, form, self.client_auth, self.token_headers, now)
+
+
+def read_client(
+    node: Node, ctx: SchemeContext, default_auth: str
+) -> tuple[str, str, ClientAuth, Secret | None]:
+    """token_url, client_id, client_auth and client_secret, shared by the OAuth2 types."""
+    token_url = node.url("token_url", required=True, base=ctx.base_url) or ""
+    client_id = node.string("client_id", required=True) or ""
+    auth, secret = read_client_auth(
+        node, ctx, default=default_auth, client_id=client_id, token_url=token_url
+    )
+    return token_url, client_id, auth, secret
 
 
 @dataclass(frozen=True)
@@ -98,23 +105,27 @@ class ClientCredentials(OAuthClient):
     provider: str
     token_url: str
     client_id_value: str
-    client_secret: Secret = field(repr=False)
-    client_auth: str = "basic"
+    client_auth: ClientAuth
+    client_secret: Secret | None = field(default=None, repr=False)
     scope: str | None = None
     token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     token_params: Mapping[str, Secret] = field(default_factory=dict, repr=False)
+    #: the private_key_jwt PEM, a field of its own so config.secrets (the redactor) finds it
+    client_key: Secret | None = field(default=None, repr=False)
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> ClientCredentials:
+        token_url, client_id, client_auth, secret = read_client(node, ctx, "basic")
         return cls(
             provider=ctx.provider,
-            token_url=node.url("token_url", required=True, base=ctx.base_url) or "",
-            client_id_value=node.string("client_id", required=True) or "",
-            client_secret=node.secret("client_secret", required=True) or Secret(""),
-            client_auth=node.choice("client_auth", sorted(CLIENT_AUTH), "basic"),
+            token_url=token_url,
+            client_id_value=client_id,
+            client_auth=client_auth,
+            client_secret=secret,
             scope=node.string("scope"),
-            token_headers=read_secret_map(node, "token_headers"),
+            token_headers=read_header_map(node, "token_headers"),
             token_params=read_secret_map(node, "token_params"),
+            client_key=client_auth.key,
         )
 
     def credential_flow(
@@ -124,7 +135,7 @@ class ClientCredentials(OAuthClient):
         if self.scope:
             form["scope"] = self.scope
         form.update({k: v.reveal() for k, v in self.token_params.items()})
-        response = yield self.token_request(form)
+        response = yield self.token_request(form, now)
         return parse_token_response(self.provider, response, now)
 
 
@@ -151,29 +162,33 @@ class AuthorizationCode(OAuthClient):
     authorize_url: str
     token_url: str
     client_id_value: str
-    client_secret: Secret = field(repr=False)
-    client_auth: str = "body"
+    client_auth: ClientAuth
+    client_secret: Secret | None = field(default=None, repr=False)
     scope: str | None = None
     redirect_uri: str | None = None
     pkce: bool = False
     token_headers: Mapping[str, Secret] = field(default_factory=dict, repr=False)
     authorize_params: Mapping[str, str] = field(default_factory=dict)
+    client_key: Secret | None = field(default=None, repr=False)  # for the redactor
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> AuthorizationCode:
         params = node.child("authorize_params")
+        authorize_url = node.url("authorize_url", required=True, base=ctx.base_url) or ""
+        token_url, client_id, client_auth, secret = read_client(node, ctx, "body")
         return cls(
             provider=ctx.provider,
-            authorize_url=node.url("authorize_url", required=True, base=ctx.base_url) or "",
-            token_url=node.url("token_url", required=True, base=ctx.base_url) or "",
-            client_id_value=node.string("client_id", required=True) or "",
-            client_secret=node.secret("client_secret", required=True) or Secret(""),
-            client_auth=node.choice("client_auth", sorted(CLIENT_AUTH), "body"),
+            authorize_url=authorize_url,
+            token_url=token_url,
+            client_id_value=client_id,
+            client_auth=client_auth,
+            client_secret=secret,
             scope=node.string("scope"),
             redirect_uri=node.url("redirect_uri"),
             pkce=node.boolean("pkce", False),
-            token_headers=read_secret_map(node, "token_headers"),
+            token_headers=read_header_map(node, "token_headers"),
             authorize_params={str(k): params.string(str(k)) or "" for k in params.raw},
+            client_key=client_auth.key,
         )
 
     def login_hint(self, tenant: str | None) -> str:
@@ -207,7 +222,7 @@ class AuthorizationCode(OAuthClient):
             form["redirect_uri"] = redirect_uri
         if verifier:
             form["code_verifier"] = verifier
-        response = yield self.token_request(form)
+        response = yield self.token_request(form, now)
         return parse_token_response(self.provider, response, now)
 
     def credential_flow(
@@ -219,5 +234,5 @@ class AuthorizationCode(OAuthClient):
 
     def _refresh(self, refresh_token: str, now: float) -> CredentialFlow:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        response = yield self.token_request(form)
+        response = yield self.token_request(form, now)
         return parse_token_response(self.provider, response, now, previous_refresh=refresh_token)

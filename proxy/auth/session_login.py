@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Final
 from urllib.parse import urlencode
 
 from proxy.auth.base import CredentialFlow, SchemeContext
-from proxy.auth.oauth2 import FORM, read_secret_map
+from proxy.auth.oauth2 import FORM, read_header_map, read_secret_map
 from proxy.errors import CredentialError
 from proxy.messages import HttpRequest, HttpResponse, dotted
 from proxy.schema import Node, Secret
@@ -92,7 +92,7 @@ class SessionLogin:
             valid_for=node.number("valid_for", 0.0, minimum=0.0) or None,
             error_path=node.string("error_path"),
             login_format=node.choice("login_format", ("form", "json"), "form"),
-            login_headers=read_secret_map(node, "login_headers"),
+            login_headers=read_header_map(node, "login_headers"),
         )
 
     @property
