@@ -74,7 +74,7 @@ class ProviderConfig:
 
     @property
     def passes_client_auth(self) -> bool:
-        return self.scheme.kind == "none"
+        return self.scheme.passes_client_auth
 
 
 def _read_matches(node: Node, key: str, default: list[Any]) -> tuple[ResponseMatch, ...]:

@@ -39,7 +39,7 @@ class ProviderRuntime:
     inject: Injector = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.needs_credential = self.config.scheme.kind not in ("static", "none")
+        self.needs_credential = self.config.scheme.needs_credential
         self.inject = Injector(self.config.headers, self.config.scheme, self.config.sign)
 
 

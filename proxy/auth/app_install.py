@@ -28,6 +28,8 @@ class AppInstall(ClientApp):
     kind: ClassVar[str] = "oauth2_app_install"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = False
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     authorize_url: str

@@ -45,6 +45,10 @@ class AuthScheme(Protocol):
     default_headers: ClassVar[Mapping[str, str]]
     #: the credential can be fetched again at will (no person involved); drives refresh_on
     refetchable: ClassVar[bool]
+    #: requests wait for a credential (False: headers only, or nothing at all)
+    needs_credential: ClassVar[bool]
+    #: the client's own Authorization header is forwarded (only `none`)
+    passes_client_auth: ClassVar[bool]
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> AuthScheme: ...

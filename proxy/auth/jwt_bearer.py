@@ -80,6 +80,8 @@ class JwtBearer:
     kind: ClassVar[str] = "oauth2_jwt_bearer"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str

@@ -54,6 +54,8 @@ class JwtExchange:
     kind: ClassVar[str] = "jwt_exchange"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str

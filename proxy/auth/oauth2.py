@@ -101,6 +101,8 @@ class ClientCredentials(OAuthClient):
     kind: ClassVar[str] = "oauth2_client_credentials"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str
@@ -157,6 +159,8 @@ class AuthorizationCode(OAuthClient):
     kind: ClassVar[str] = "oauth2_authorization_code"
     default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
     refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     authorize_url: str

@@ -59,6 +59,8 @@ class SessionLogin:
     kind: ClassVar[str] = "session_login"
     default_headers: ClassVar[Mapping[str, str]] = {}
     refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     login_url: str

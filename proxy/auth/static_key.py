@@ -18,6 +18,8 @@ class StaticKey:
     kind: ClassVar[str] = "static"
     default_headers: ClassVar[Mapping[str, str]] = {}
     refetchable: ClassVar[bool] = False
+    needs_credential: ClassVar[bool] = False
+    passes_client_auth: ClassVar[bool] = False
 
     token: Secret | None = field(default=None, repr=False)
     client_id_value: str | None = None
@@ -67,6 +69,7 @@ class NoAuth(StaticKey):
     """Adds nothing; the only type under which the client's own Authorization is forwarded."""
 
     kind: ClassVar[str] = "none"
+    passes_client_auth: ClassVar[bool] = True
 
     @classmethod
     def from_options(cls, node: Node, ctx: SchemeContext) -> NoAuth:
