@@ -21,7 +21,7 @@ from aiohttp import web
 
 from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
-from proxy.errors import BadRequest, CredentialError, NoRoute, ProxyError
+from proxy.errors import BadRequest, BadSignature, CredentialError, NoRoute
 from proxy.flows import run_flow
 from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.runtime import Keyhop
@@ -32,11 +32,6 @@ if TYPE_CHECKING:
 
 LOGIN_STATE: Final = "-login-"  # store namespace for pending logins (not a provider name)
 LOGIN_TTL: Final = 600.0
-
-
-class Unauthorized(ProxyError):
-    status = 401
-    code = "bad_signature"
 
 
 def _page(title: str, text: str, status: int = 200) -> web.Response:
@@ -155,7 +150,7 @@ async def _app_install(
             raise BadRequest("a query parameter is repeated")
         why = scheme.verify(params, kh.clock())
         if why is not None:
-            raise Unauthorized(f"{action} refused: {why}", provider=provider.name)
+            raise BadSignature(f"{action} refused: {why}", provider=provider.name)
         shop = params.get("shopId", "")
         if not TENANT_RE.fullmatch(shop):
             raise BadRequest("shopId is missing or not a valid id")
@@ -176,7 +171,7 @@ async def _app_install(
         except ValueError:
             raise BadRequest("the webhook body is not JSON") from None
         if not isinstance(payload, dict) or not scheme.verify_webhook(payload):
-            raise Unauthorized("webhook refused: the hmac does not match", provider=provider.name)
+            raise BadSignature("webhook refused: the hmac does not match", provider=provider.name)
         data = payload["data"]
         if payload.get("event") == "uninstall_app":
             shop = str(data.get("shopId") or "")

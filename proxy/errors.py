@@ -4,8 +4,10 @@
       ├─ BadRequest                 400 bad_request
       ├─ NoRoute                    404 no_route
       ├─ ClientKeyRequired          401 client_key_required
+      ├─ BadSignature               401 bad_signature (an inbound callback's hmac)
       ├─ TenantRequired             400 tenant_required
       ├─ NotConnected               503 not_connected
+      │    └─ LoginExpired           the stored login was refused: a person must act again
       ├─ CredentialError            502 credential_error
       ├─ UpstreamUnreachable        502 upstream_unreachable
       ├─ UpstreamRefusedUpgrade     502 upstream_refused_upgrade (a WebSocket handshake)
@@ -57,6 +59,11 @@ class ClientKeyRequired(ProxyError):
     code = "client_key_required"
 
 
+class BadSignature(ProxyError):
+    status = 401
+    code = "bad_signature"
+
+
 class TenantRequired(ProxyError):
     status = 400
     code = "tenant_required"
@@ -65,6 +72,10 @@ class TenantRequired(ProxyError):
 class NotConnected(ProxyError):
     status = 503
     code = "not_connected"
+
+
+class LoginExpired(NotConnected):
+    """The provider refused the stored login (a dead refresh token): a person must act."""
 
 
 class CredentialError(ProxyError):

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 from cachetools import TLRUCache
 
 from proxy.auth import CredentialFlow
-from proxy.errors import CredentialError, NotConnected
+from proxy.errors import CredentialError, LoginExpired, NotConnected
 from proxy.providers import ProviderConfig
 from proxy.store import Store
 from proxy.tokens import Credential
@@ -39,10 +39,6 @@ FlowRunner = Callable[[ProviderConfig, CredentialFlow], Awaitable[Credential]]
 
 class FetchObserver(Protocol):
     def token_fetch(self, provider: str, ok: bool) -> None: ...
-
-
-class LoginExpired(NotConnected):
-    """The provider refused the stored login (a dead refresh token): a person must act."""
 
 
 @dataclass
