@@ -32,8 +32,9 @@ if [ ! -f "$TARBALL" ]; then
   command -v debootstrap >/dev/null || { say "debootstrap is missing (make podman installs it)"; exit 1; }
   root=$(mktemp -d "$CACHE/rootfs.XXXXXX")
   trap 'rm -rf "$root" "$TARBALL.part"' EXIT
-  say "assembling $SUITE with $PACKAGES from $MIRROR (once per machine, a few minutes)"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >&2
+  say "assembling $SUITE with $PACKAGES from $MIRROR (once per machine, about a minute; log: $CACHE/debootstrap.log)"
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" \
+    >"$CACHE/debootstrap.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap.log" >&2; exit 1; }
   # what an image does not need: the package lists and downloaded .debs
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
   tar --numeric-owner -C "$root" -cf "$TARBALL.part" .
