@@ -114,12 +114,27 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return int(exc.code), exc.read()
 
 
+#: a GET from inside the container, with the image's own Python: prints the status
+INSIDE_GET = """
+import sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers=dict(h.split(": ", 1) for h in sys.argv[2:]))
+try:
+    print(urllib.request.urlopen(request, timeout=3).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
 class Sidecar:
     """keyhop in a container as a sidecar runs: non-root (the image's user), the config
-    mounted read-only at /config/keyhop.yaml, a named volume for its state, and the host's
-    network with keyhop on 127.0.0.1:`port` (the healthcheck told so by KEYHOP_PORT)."""
+    mounted read-only at /config/keyhop.yaml and a named volume for its state.
 
-    def __init__(self, config: Path, port: int, *, image: str = IMAGE) -> None:
+    With a `port`: the host's network, keyhop on 127.0.0.1:`port` (the healthcheck told so
+    by KEYHOP_PORT), reachable from the test. Without: the image's own default command
+    (0.0.0.0:8080) in a network namespace of its own with only a loopback interface
+    (`--network none`), so nothing on the host is exposed; reached with `get_inside`."""
+
+    def __init__(self, config: Path, port: int | None = None, *, image: str = IMAGE) -> None:
         self.config = config
         self.port = port
         self.image = image
@@ -128,32 +143,32 @@ class Sidecar:
 
     @property
     def url(self) -> str:
+        assert self.port, "this container has no port on the host's network"
         return f"http://127.0.0.1:{self.port}"
 
     def run(self) -> Sidecar:
         podman("volume", "create", self.volume)
-        self.id = podman(
-            "run",
-            "--detach",
-            "--network",
-            "host",
-            *ulimits(),
-            "--volume",
-            f"{self.config}:/config/keyhop.yaml:ro",
-            "--volume",
-            f"{self.volume}:/var/lib/keyhop",
-            "--env",
-            f"KEYHOP_PORT={self.port}",
-            self.image,
+        mounts = ["--volume", f"{self.config}:/config/keyhop.yaml:ro"]
+        mounts += ["--volume", f"{self.volume}:/var/lib/keyhop"]
+        if self.port is None:
+            options, command = ["--network", "none"], []
+        else:
+            options = ["--network", "host", "--env", f"KEYHOP_PORT={self.port}"]
             # the image's own ENTRYPOINT (keyhop) and --config; only the address differs
-            "serve",
-            "--config",
-            "/config/keyhop.yaml",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-        ).stdout.strip()
+            command = ["serve", "--config", "/config/keyhop.yaml"]
+            command += ["--listen", f"127.0.0.1:{self.port}"]
+        run = ["run", "--detach", *options, *ulimits(), *mounts, self.image, *command]
+        self.id = podman(*run).stdout.strip()
         assert self.id, "podman run printed no container id"
         return self
+
+    def get_inside(self, path: str, headers: dict[str, str] | None = None) -> int:
+        """The status of a GET to keyhop on the container's own 127.0.0.1:8080 (or `port`)."""
+        url = f"http://127.0.0.1:{self.port or 8080}{path}"
+        lines = [f"{name}: {value}" for name, value in (headers or {}).items()]
+        done = self.exec("/opt/keyhop/bin/python", "-c", INSIDE_GET, url, *lines)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return int(done.stdout.strip())
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until /-/health answers 200; fails with the container's log if it exits first."""
@@ -162,9 +177,12 @@ class Sidecar:
             if not self.running():
                 raise AssertionError(f"the container exited:\n{self.logs()}")
             try:
-                if http_get(self.url + "/-/health", timeout=1.0)[0] == 200:
+                if self.port is not None:
+                    if http_get(self.url + "/-/health", timeout=1.0)[0] == 200:
+                        return
+                elif self.get_inside("/-/health") == 200:
                     return
-            except OSError:
+            except (OSError, AssertionError):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"keyhop in the container did not come up:\n{self.logs()}")
