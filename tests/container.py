@@ -235,5 +235,5 @@ class Sidecar:
     def remove(self) -> None:
         """Remove the container (by id) and its state volume (by name)."""
         if self.id:
-            podman("rm", "--force", "--time", "0", self.id, check=False)
+            podman("rm", "--force", "--volumes", "--time", "0", self.id, check=False)
         podman("volume", "rm", "--force", self.volume, check=False)
