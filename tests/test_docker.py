@@ -81,7 +81,7 @@ def sidecar(image: str, sandbox: str, tmp_path: Path) -> Iterator[StartSidecar]:
         text = (ROOT / "config" / "sandbox.yaml").read_text()
         text = text.replace("http://127.0.0.1:9090", sandbox)
         data = yaml.safe_load(text)
-        del data["store"]
+        data.pop("store", None)
         data["listen"] = f"127.0.0.1:{port}"
         data["routes"] += routes or []
         config = write_config(tmp_path / f"keyhop-{port}.yaml", data)
@@ -146,7 +146,11 @@ def test_the_container_runs_as_non_root_with_the_config_read_only_and_its_store_
     sidecar: StartSidecar,
 ) -> None:
     side = sidecar()
-    assert side.exec("id", "-u").stdout.strip() == "10001"
+    # keyhop is the container's PID 1; its real, effective, saved and filesystem uids
+    status = side.exec("cat", "/proc/1/status").stdout
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert uids == ["10001"] * 4, status
+    assert side.exec("cat", "/proc/1/cmdline").stdout.split("\0")[1] == "/opt/keyhop/bin/keyhop"
     # /config/keyhop.yaml is a read-only mount (proc_pid_mountinfo(5): field 5 is the mount
     # point, field 6 its per-mount options)
     mounts = side.exec("cat", "/proc/self/mountinfo").stdout.splitlines()
