@@ -217,12 +217,13 @@ def test_the_token_store_survives_a_container_restart(sidecar: StartSidecar, san
 async def test_sigterm_drains_an_in_flight_request_then_the_container_exits_0(
     sidecar: StartSidecar, aiohttp_server: Callable[..., Awaitable[TestServer]]
 ) -> None:
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
     body = b"z" * 200_000
 
     async def slow(request: web.Request) -> web.Response:
+        # held until the test has seen keyhop draining: no race with a slow `podman kill`
         started.set()
-        await asyncio.sleep(2.0)
+        await asyncio.wait_for(release.wait(), 60)
         return web.Response(body=body)
 
     app = web.Application()
@@ -231,7 +232,7 @@ async def test_sigterm_drains_an_in_flight_request_then_the_container_exits_0(
     route = {"prefix": "/slow", "upstream": f"http://127.0.0.1:{server.port}", "provider": "kibo"}
     side = await asyncio.to_thread(sidecar, [route])
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def in_flight() -> tuple[int, bytes]:
             async with session.get(side.url + "/slow/report") as resp:
@@ -240,13 +241,19 @@ async def test_sigterm_drains_an_in_flight_request_then_the_container_exits_0(
         task = asyncio.create_task(in_flight())
         await asyncio.wait_for(started.wait(), 15)
         await asyncio.to_thread(side.signal, "TERM")
-        await asyncio.sleep(0.5)
-        assert not task.done(), "the in-flight request ended before the drain could be seen"
-        status, got = await asyncio.wait_for(task, 20)
+        for _ in range(300):
+            if "draining" in await asyncio.to_thread(side.logs):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("keyhop never said it was draining:\n" + side.logs())
+        assert await asyncio.to_thread(side.running), "the container did not wait for the request"
+        assert not task.done()
+        release.set()
+        status, got = await asyncio.wait_for(task, 30)
     assert status == 200
     assert got == body
     assert await asyncio.to_thread(side.wait_exit) == 0, side.logs()
-    assert "draining" in side.logs()
 
 
 def test_the_default_command_serves_8080_behind_client_keys_and_its_healthcheck_passes(
