@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/keyhop.yaml
 
-.PHONY: run test lint check bench clean setup redis podman docker-test podman docker-test
+.PHONY: run test lint check bench clean setup redis podman docker-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
