@@ -18,6 +18,7 @@ from proxy.providers import ProviderConfig
 from proxy.ratelimit import Limiter, LocalLimiter
 from proxy.redis_store import RedisLimiter, RedisStore
 from proxy.runtime import KEYHOP, Keyhop, Runtime
+from proxy.state_metrics import StateCollector
 from proxy.store import Store, open_store
 from proxy.token_cache import CredentialManager
 from proxy.tokens import Credential
@@ -69,6 +70,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         observer=kh.metrics,
         lock_ttl=kh.runtime.config.fetch_lock_ttl,
     )
+    kh.metrics.registry.register(StateCollector(kh))
     try:
         yield
     finally:
