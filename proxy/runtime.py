@@ -111,6 +111,8 @@ class Keyhop:
         return self.credentials
 
     def reload(self, config: Config) -> None:
+        if config.tracing != self.runtime.config.tracing:
+            log.warning("tracing changed in %s; restart keyhop to apply it", config.source)
         old = self.runtime.config.providers
         for name, provider in old.items():
             new = config.providers.get(name)
