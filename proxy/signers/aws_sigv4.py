@@ -17,7 +17,7 @@ import hmac
 import time
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import ClassVar, Final
+from typing import ClassVar, Final, NamedTuple
 from urllib.parse import quote, unquote
 
 from proxy.schema import Node
@@ -79,7 +79,8 @@ def normalize_path(path: str) -> str:
 
 def canonical_uri(path: str, *, s3: bool) -> str:
     if s3:
-        return uri_encode(unquote(path or "/"), keep_slash=True)
+        # each segment decoded and encoded once: an encoded slash stays one (SPEC 4.1)
+        return "/".join(uri_encode(unquote(seg)) for seg in (path or "/").split("/"))
     return uri_encode(normalize_path(path or "/"), keep_slash=True)
 
 
@@ -158,6 +159,14 @@ def authorization(access_key_id: str, credential_scope: str, signed: str, sig: s
     )
 
 
+class SigV4Steps(NamedTuple):
+    canonical_request: str
+    string_to_sign: str
+    signature: str
+    authorization: str
+    added: tuple[tuple[str, str], ...]  # X-Amz-Date, X-Amz-Content-SHA256, security token
+
+
 class AwsSigV4Signer:
     """SigV4 in the Authorization header (`region`, `service`, keys, `session_token`)."""
 
@@ -213,7 +222,8 @@ class AwsSigV4Signer:
     def secrets(self) -> Iterable[str]:
         return (self._secret, self._session_token or "")
 
-    def sign(self, request: SignRequest, ctx: SignContext) -> Signature:
+    def steps(self, request: SignRequest, ctx: SignContext) -> SigV4Steps:
+        """Every intermediate of one signature (the golden files pin each)."""
         amz_date = ctx.timestamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ctx.now))
         if self.unsigned_payload:
             payload = UNSIGNED
@@ -235,8 +245,12 @@ class AwsSigV4Signer:
         key = signing_key(self._secret, amz_date[:8], self.region, self.service)
         sig = signature(key, sts)
         authz = authorization(self._access_key_id, credential_scope, signed, sig)
+        return SigV4Steps(canonical, sts, sig, authz, tuple(added))
+
+    def sign(self, request: SignRequest, ctx: SignContext) -> Signature:
+        s = self.steps(request, ctx)
         return Signature(
-            headers=(*added, ("Authorization", safe_value("Authorization", authz))),
-            message=sts,
-            signature=sig,
+            headers=(*s.added, ("Authorization", safe_value("Authorization", s.authorization))),
+            message=s.string_to_sign,
+            signature=s.signature,
         )
