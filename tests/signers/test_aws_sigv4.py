@@ -19,6 +19,7 @@ SUITE = GOLDEN / "aws4"
 # the suite's own credentials and clock (its NOTICE: AWS Signature Version 4 Test Suite)
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+SUITE_DATE = "20150830T123600Z"
 CASES = sorted(p.stem for p in SUITE.glob("*.req"))
 
 
