@@ -226,7 +226,9 @@ class HttpMessageSigner:
             except ValueError as exc:
                 detail = f" (key_encoding: {key_encoding})" if algorithm == "hmac-sha256" else ""
                 node.error("key", f"{exc}{detail}")
-        components = tuple(node.str_list("components")) or DEFAULT_COMPONENTS
+        components = (
+            tuple(node.str_list("components")) if node.has("components") else DEFAULT_COMPONENTS
+        )
         for i, name in enumerate(components):
             if name != name.lower() or not (name in DERIVED or FIELD_NAME.fullmatch(name)):
                 node.problems.add(
