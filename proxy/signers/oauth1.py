@@ -159,14 +159,15 @@ class OAuth1Signer:
     def oauth_params(self, ctx: SignContext) -> list[tuple[str, str]]:
         """3.1: the protocol parameters, oauth_signature excepted."""
         token = self._token if self._token is not None else ctx.token
-        out = [
-            ("oauth_consumer_key", self._consumer_key),
+        # the order of RFC 5849 1.2's example header (the order carries no meaning)
+        out = [("oauth_consumer_key", self._consumer_key)]
+        if token:
+            out.append(("oauth_token", token))
+        out += [
             ("oauth_signature_method", self.method),
             ("oauth_timestamp", ctx.timestamp or str(int(ctx.now))),
             ("oauth_nonce", ctx.nonce if ctx.nonce is not None else draw_nonce(32, ALNUM)),
         ]
-        if token:
-            out.append(("oauth_token", token))
         if self.version:
             out.append(("oauth_version", "1.0"))
         return out
