@@ -139,8 +139,10 @@ class HmacSigner:
             (name, _getter(name)) for name in sorted(used - _PER_MESSAGE)
         )
         self.needs_body = bool(used & _BODY) or any(n.startswith("form:") for n in used)
-        self._memo: dict[tuple[str, ...], Signature] | None = {} if used <= _MEMO_OK else None
-        self._memo_keys = tuple(sorted(used))
+        self._memo: dict[object, Signature] | None = {} if used <= _MEMO_OK else None
+        self._uses_ts = "timestamp" in used
+        self._ts_only = used == {"timestamp"}
+        self._unix = timestamp == "unix"
 
     def __repr__(self) -> str:
         return f"HmacSigner(algorithm={self._algorithm!r}, message={self._message.source!r})"
@@ -162,17 +164,18 @@ class HmacSigner:
     def sign(self, request: SignRequest, ctx: SignContext) -> Signature:
         used = self._used
         ts = ""
-        if "timestamp" in used:
-            ts = (
-                ctx.timestamp
-                if ctx.timestamp is not None
-                else render_timestamp(self._timestamp, ctx.now)
-            )
+        if self._uses_ts:
+            if ctx.timestamp is not None:
+                ts = ctx.timestamp
+            elif self._unix:
+                ts = str(int(ctx.now))  # the common case, inline (render_timestamp "unix")
+            else:
+                ts = render_timestamp(self._timestamp, ctx.now)
         memo = self._memo
+        memo_key: object = None
         if memo is not None:
-            values0 = {"timestamp": ts, "token": ctx.token, "client_id": ctx.client_id}
-            values0["tenant"] = ctx.tenant
-            memo_key = tuple(values0[k] for k in self._memo_keys)
+            # PayNet: the output depends on the second only, as x_signature's lru_cache was
+            memo_key = ts if self._ts_only else (ts, ctx.token, ctx.client_id, ctx.tenant)
             hit = memo.get(memo_key)
             if hit is not None:
                 return hit
