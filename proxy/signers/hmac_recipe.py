@@ -141,8 +141,7 @@ class HmacSigner:
         self.needs_body = bool(used & _BODY) or any(n.startswith("form:") for n in used)
         self._memo: dict[object, Signature] | None = {} if used <= _MEMO_OK else None
         self._uses_ts = "timestamp" in used
-        self._ts_only = used == {"timestamp"}
-        self._unix = timestamp == "unix"
+        self._second_only = used == {"timestamp"} and timestamp == "unix"
 
     def __repr__(self) -> str:
         return f"HmacSigner(algorithm={self._algorithm!r}, message={self._message.source!r})"
@@ -162,23 +161,35 @@ class HmacSigner:
         return (self._key_text, *self._secret_values)
 
     def sign(self, request: SignRequest, ctx: SignContext) -> Signature:
+        memo = self._memo
+        memo_key: object = None
+        if memo is not None and ctx.timestamp is None:
+            # PayNet: the output depends on the second only (x_signature's lru_cache did the
+            # same); otherwise on the rendered timestamp and the credential
+            if self._second_only:
+                memo_key = int(ctx.now)
+            else:
+                ts = render_timestamp(self._timestamp, ctx.now) if self._uses_ts else ""
+                memo_key = (ts, ctx.token, ctx.client_id, ctx.tenant)
+            hit = memo.get(memo_key)
+            if hit is not None:
+                return hit
+        out = self._sign(request, ctx)
+        if memo_key is not None:
+            assert memo is not None
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[memo_key] = out
+        return out
+
+    def _sign(self, request: SignRequest, ctx: SignContext) -> Signature:
         used = self._used
         ts = ""
         if self._uses_ts:
             if ctx.timestamp is not None:
                 ts = ctx.timestamp
-            elif self._unix:
-                ts = str(int(ctx.now))  # the common case, inline (render_timestamp "unix")
             else:
                 ts = render_timestamp(self._timestamp, ctx.now)
-        memo = self._memo
-        memo_key: object = None
-        if memo is not None:
-            # PayNet: the output depends on the second only, as x_signature's lru_cache was
-            memo_key = ts if self._ts_only else (ts, ctx.token, ctx.client_id, ctx.tenant)
-            hit = memo.get(memo_key)
-            if hit is not None:
-                return hit
         values: dict[str, bytes] = {name: get(request, ctx) for name, get in self._getters}
         if ts:
             values["timestamp"] = ts.encode()
@@ -193,7 +204,7 @@ class HmacSigner:
         mac.update(message)
         signature = _encode(mac.digest(), self._encoding)
         values["signature"] = signature.encode()
-        out = Signature(
+        return Signature(
             headers=tuple(
                 (name, _header_value(name, t.render(values))) for name, t in self._headers
             ),
@@ -204,11 +215,6 @@ class HmacSigner:
             message=message.decode("utf-8", "backslashreplace"),
             signature=signature,
         )
-        if memo is not None:
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            memo[memo_key] = out
-        return out
 
 
 def _getter(name: str) -> Getter:
