@@ -15,7 +15,7 @@ import copy
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import ClassVar, Final, NamedTuple
 from urllib.parse import quote, unquote
@@ -172,6 +172,12 @@ class AwsSigV4Signer:
 
     type: ClassVar[str] = "aws_sigv4"
     body_max_bytes: int = DEFAULT_BODY_MAX_BYTES
+    vector_options: ClassVar[tuple[str, ...]] = (
+        "region",
+        "service",
+        "access_key_id",
+        "session_token",
+    )
 
     def __init__(
         self,
@@ -217,6 +223,15 @@ class AwsSigV4Signer:
     def with_key(self, key: str) -> AwsSigV4Signer:
         other = copy.copy(self)
         other._secret = key
+        return other
+
+    def with_options(self, options: Mapping[str, str]) -> AwsSigV4Signer:
+        other = copy.copy(self)
+        other.region = options.get("region", self.region)
+        other.service = options.get("service", self.service)
+        other.s3 = other.service == "s3"
+        other._access_key_id = options.get("access_key_id", self._access_key_id)
+        other._session_token = options.get("session_token", self._session_token)
         return other
 
     def secrets(self) -> Iterable[str]:

@@ -104,11 +104,15 @@ class Signer(Protocol):
       request streams.
     - `sign` is pure apart from drawing a nonce or reading `ctx.now`; it raises
       `UnsafeSignature` rather than return a header value with a control character.
-    - `with_key` is the same signer under a vector's own published test key.
+    - `with_key` is the same signer under a vector's own published test key, and
+      `with_options` the same signer with the `vector_options` a vector's `given` sets
+      (an example's own region, key id, consumer key ...).
     - `secrets` lists every secret it holds, for log redaction.
     """
 
     type: ClassVar[str]
+    #: the options a vector's `given` may override besides `key`
+    vector_options: ClassVar[tuple[str, ...]]
     needs_body: bool
     #: set by build_signer from `sign.body_max_bytes`: a larger body is 413, never sent
     body_max_bytes: int
@@ -119,6 +123,8 @@ class Signer(Protocol):
     def sign(self, request: SignRequest, ctx: SignContext) -> Signature: ...
 
     def with_key(self, key: str) -> Signer: ...
+
+    def with_options(self, options: Mapping[str, str]) -> Signer: ...
 
     def secrets(self) -> Iterable[str]: ...
 

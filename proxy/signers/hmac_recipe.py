@@ -103,6 +103,7 @@ class HmacSigner:
 
     type: ClassVar[str] = "hmac"
     body_max_bytes: int = DEFAULT_BODY_MAX_BYTES
+    vector_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -156,6 +157,9 @@ class HmacSigner:
         other._key_text = key
         other._memo = {} if self._memo is not None else None
         return other
+
+    def with_options(self, options: Mapping[str, str]) -> HmacSigner:
+        return self
 
     def secrets(self) -> Iterable[str]:
         return (self._key_text, *self._secret_values)

@@ -14,7 +14,7 @@ import copy
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -170,6 +170,7 @@ class HttpMessageSigner:
 
     type: ClassVar[str] = "http_message_signature"
     body_max_bytes: int = DEFAULT_BODY_MAX_BYTES
+    vector_options: ClassVar[tuple[str, ...]] = ("key_id", "label")
 
     def __init__(
         self,
@@ -262,6 +263,12 @@ class HttpMessageSigner:
         other = copy.copy(self)
         other._key = load_key(self.algorithm, key, self._key_encoding)
         other._key_text = key
+        return other
+
+    def with_options(self, options: Mapping[str, str]) -> HttpMessageSigner:
+        other = copy.copy(self)
+        other.key_id = options.get("key_id", self.key_id)
+        other.label = options.get("label", self.label)
         return other
 
     def secrets(self) -> Iterable[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import copy
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, Final
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -97,6 +97,7 @@ class OAuth1Signer:
 
     type: ClassVar[str] = "oauth1"
     body_max_bytes: int = DEFAULT_BODY_MAX_BYTES
+    vector_options: ClassVar[tuple[str, ...]] = ("consumer_key", "token", "token_secret", "realm")
 
     def __init__(
         self,
@@ -151,6 +152,14 @@ class OAuth1Signer:
         consumer, sep, token_secret = key.partition("&")
         other._consumer_secret = unquote(consumer)
         other._token_secret = unquote(token_secret) if sep else self._token_secret
+        return other
+
+    def with_options(self, options: Mapping[str, str]) -> OAuth1Signer:
+        other = copy.copy(self)
+        other._consumer_key = options.get("consumer_key", self._consumer_key)
+        other._token = options.get("token", self._token)
+        other._token_secret = options.get("token_secret", self._token_secret)
+        other.realm = options.get("realm", self.realm)
         return other
 
     def secrets(self) -> Iterable[str]:

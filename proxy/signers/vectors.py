@@ -72,6 +72,11 @@ def check_vectors(signer: Signer, node: Node) -> None:
         before = len(node.problems.items)
         request = vector_request(given)
         key = given.secret("key")
+        options = {
+            name: value
+            for name in signer.vector_options
+            if (value := given.string(name)) is not None
+        }
         ctx = SignContext(
             now=given.number("now", 0.0),
             token=given.string("token", "") or "",
@@ -83,7 +88,7 @@ def check_vectors(signer: Signer, node: Node) -> None:
         want_message = expect.string("message")
         want_signature = expect.string("signature")
         want_headers = _expected_headers(expect)
-        given.finish(GIVEN_KEYS)
+        given.finish((*GIVEN_KEYS, *signer.vector_options))
         expect.finish(("message", "signature", "headers"))
         vector.finish()
         if want_message is None and want_signature is None and not want_headers:
@@ -92,7 +97,8 @@ def check_vectors(signer: Signer, node: Node) -> None:
             continue
         redact = Redactor([*signer.secrets(), key.reveal() if key else ""])
         try:
-            who = signer.with_key(key.reveal()) if key is not None else signer
+            who = signer.with_options(options) if options else signer
+            who = who.with_key(key.reveal()) if key is not None else who
             got = who.sign(request, ctx)
         except ValueError as exc:  # a key that does not decode, an unsafe value
             node.problems.add(path, redact(f"could not sign the example: {exc}"))

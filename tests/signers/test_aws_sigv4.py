@@ -229,3 +229,33 @@ def test_query_placement_is_a_config_error() -> None:
         "keyhop.yaml: providers.partner.sign.query: not supported by aws_sigv4: "
         "it places its signature in headers only"
     ]
+
+
+def test_a_vector_may_carry_the_examples_own_region_service_and_key_id() -> None:
+    # the suite's get-vanilla, proved against a signer configured for another region
+    _, problems = build(
+        {
+            "type": "aws_sigv4",
+            "region": "eu-west-1",
+            "service": "execute-api",
+            "access_key_id": "AKIAREALKEY",
+            "secret_access_key": "real-secret",
+            "vectors": [
+                {
+                    "given": {
+                        "key": SECRET_KEY,
+                        "region": "us-east-1",
+                        "service": "service",
+                        "access_key_id": ACCESS_KEY,
+                        "host": "example.amazonaws.com",
+                        "timestamp": SUITE_DATE,
+                    },
+                    "expect": {
+                        "message": read("get-vanilla.sts"),
+                        "headers": {"Authorization": read("get-vanilla.authz")},
+                    },
+                }
+            ],
+        }
+    )
+    assert problems == []
