@@ -271,7 +271,8 @@ def _from_options(cls: type[HmacSigner], node: Node, setup: SignerSetup) -> Hmac
         try:
             key = decode_key(key_secret.reveal(), key_encoding)
         except ValueError as exc:
-            node.error("key", f"{exc} (key_encoding: {key_encoding})")
+            whose = "" if node.has("key") else "the client secret (the default key) is "
+            node.error("key", f"{whose}{exc} (key_encoding: {key_encoding})")
     return cls(
         key=key,
         key_text=key_secret.reveal() if key_secret else "",

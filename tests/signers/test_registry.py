@@ -254,3 +254,10 @@ def test_a_vector_whose_key_does_not_decode_is_reported_without_it() -> None:
     vector = {"given": {"key": "%%not-base64%%", "timestamp": "1"}, "expect": {"signature": "x"}}
     _, problems = build({**raw, "vectors": [vector]})
     assert problems == [f"{P}.vectors[0]: could not sign the example: not valid base64"]
+
+
+def test_a_default_key_that_does_not_decode_says_it_is_the_client_secret() -> None:
+    _, problems = build({**HMAC, "key_encoding": "hex"}, default_key="not-hex")
+    assert problems == [
+        f"{P}.key: the client secret (the default key) is not valid hex (key_encoding: hex)"
+    ]
