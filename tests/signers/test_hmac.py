@@ -317,3 +317,11 @@ def test_literal_braces_and_vars() -> None:
         }
     )
     assert signer.sign(make_request(), SignContext(now=7.0)).message == '{"ts":7,"app":"shop-1"}'
+
+
+def test_every_placeholder_the_config_accepts_has_a_getter() -> None:
+    from proxy.signers import hmac_recipe
+    from proxy.signers.hmac_config import PLACEHOLDERS
+
+    per_message = {"timestamp", "nonce", "header", "form"}
+    assert set(hmac_recipe._REQUEST) | per_message == set(PLACEHOLDERS)
