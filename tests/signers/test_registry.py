@@ -261,3 +261,48 @@ def test_a_default_key_that_does_not_decode_says_it_is_the_client_secret() -> No
     assert problems == [
         f"{P}.key: the client secret (the default key) is not valid hex (key_encoding: hex)"
     ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {**HMAC, "key": "SECRET-hmac-key"},
+        {
+            "type": "aws_sigv4",
+            "region": "r",
+            "service": "s",
+            "access_key_id": "AKID",
+            "secret_access_key": "SECRET-aws-key",
+            "session_token": "SECRET-session",
+        },
+        {
+            "type": "oauth1",
+            "consumer_key": "ck",
+            "consumer_secret": "SECRET-consumer",
+            "token_secret": "SECRET-token",
+        },
+        {
+            "type": "http_message_signature",
+            "algorithm": "hmac-sha256",
+            "key_id": "k",
+            "key": "SECRET",
+            "key_encoding": "raw",
+        },
+    ],
+    ids=["hmac", "aws_sigv4", "oauth1", "http_message_signature"],
+)
+def test_no_signer_shows_a_secret_in_its_repr_and_each_lists_them_for_redaction(
+    raw: dict[str, Any],
+) -> None:
+    signer = built(raw)
+    assert "SECRET" not in repr(signer)
+    listed = {s for s in signer.secrets() if s}
+    assert listed and all(s.startswith("SECRET") for s in listed)
+
+
+def test_the_authority_brackets_ipv6_and_omits_the_default_port() -> None:
+    assert make_request(host="::1", port=8443).authority == "[::1]:8443"
+    assert make_request(host="example.com", port=443).authority == "example.com"
+    assert make_request(host="example.com", scheme="http", port=443).authority == (
+        "example.com:443"
+    )
