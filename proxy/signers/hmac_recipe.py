@@ -176,7 +176,7 @@ class HmacSigner:
             else:
                 ts = render_timestamp(self._timestamp, ctx.now)
         values: dict[str, bytes] = {name: get(request, ctx) for name, get in self._getters}
-        if ts:
+        if self._uses_ts:
             values["timestamp"] = ts.encode()
         if "nonce" in used:
             nonce = ctx.nonce

@@ -325,3 +325,8 @@ def test_every_placeholder_the_config_accepts_has_a_getter() -> None:
 
     per_message = {"timestamp", "nonce", "header", "form"}
     assert set(hmac_recipe._REQUEST) | per_message == set(PLACEHOLDERS)
+
+
+def test_an_empty_given_timestamp_renders_as_empty_not_a_crash() -> None:
+    signer = built({"type": "hmac", "message": "[{timestamp}]", "headers": {"X": "{signature}"}})
+    assert signer.sign(make_request(), SignContext(now=0.0, timestamp="")).message == "[]"
