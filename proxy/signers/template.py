@@ -178,6 +178,8 @@ def _placeholder(
             "(write '{{' for a brace)"
         )
     name, j = match.group(), match.end()
+    if source.startswith("}", j) and name in ("header", "form"):
+        raise TemplateError(f"{{{name}}} needs a field name: {{{name}:Name}}")
     if source.startswith("}", j):
         if name in constants:
             return constants[name], j + 1

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from proxy.schema import Secret
-from proxy.signers import ALIASES, PAYNET_RECIPE, SAISON_RECIPE, SIGNERS, SignContext
+from proxy.signers import (
+    ALIASES,
+    PAYNET_RECIPE,
+    SAISON_RECIPE,
+    SIGNERS,
+    SignContext,
+    UnsafeSignature,
+)
 from tests.signers.helpers import build, built, make_request
 
 P = "keyhop.yaml: providers.partner.sign"
@@ -51,6 +58,11 @@ def test_the_registry_holds_the_four_signers_and_the_two_old_names() -> None:
             {**HMAC, "message": "a}b"},
             [f"{P}.message: unbalanced '}}' at position 1 (write '}}}}' for a brace)"],
             id="stray-closing-brace",
+        ),
+        pytest.param(
+            {**HMAC, "message": "{header}"},
+            [f"{P}.message: {{header}} needs a field name: {{header:Name}}"],
+            id="header-without-a-name",
         ),
         pytest.param(
             {**HMAC, "message": "{sha257_raw:{body}}"},
@@ -306,3 +318,31 @@ def test_the_authority_brackets_ipv6_and_omits_the_default_port() -> None:
     assert make_request(host="example.com", scheme="http", port=443).authority == (
         "example.com:443"
     )
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_any_recipe_text_is_a_config_error_or_a_signer_that_signs(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    pieces = [
+        "{method}", "{path}", "{query}", "{query&}", "{target}", "{host}", "{port}",
+        "{scheme}", "{authority}", "{timestamp}", "{nonce}", "{token}", "{client_id}",
+        "{tenant}", "{body}", "{body_sha256}", "{body_sha256_b64}", "{header:Date}",
+        "{form:a}", "{header}", "{sha512_raw:", "{base64:", "}", "{", "{{", "}}", "x", "\n",
+        "{signature}", "{v}",
+    ]  # fmt: skip
+    message = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+    header = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+    raw = {**HMAC, "message": message, "headers": {"X-Sig": header}, "vars": {"v": "V"}}
+    signer, problems = build(raw)
+    if signer is None:
+        assert problems and all(p.startswith(P) for p in problems)
+        return
+    request = make_request(
+        "POST", "/a?b=1", headers=(("Date", "d"),), body=b"a=1" if signer.needs_body else None
+    )
+    try:
+        signer.sign(request, SignContext(now=1.0, token="t"))
+    except UnsafeSignature:
+        pass  # a raw digest in a header: refused (502), never sent
