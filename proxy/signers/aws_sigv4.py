@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -51,6 +52,7 @@ UNSIGNED_HEADERS: Final = frozenset(
         "upgrade",
     }
 )
+_SCOPE_PART: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
 #: RFC 3986 unreserved: what SigV4's UriEncode leaves as is
 _SAFE: Final = "-_.~"
 
@@ -206,6 +208,9 @@ class AwsSigV4Signer:
         reject_query_placement(node, cls.type)
         region = node.string("region", required=True) or ""
         service = node.string("service", required=True) or ""
+        for key, value in (("region", region), ("service", service)):
+            if value and not _SCOPE_PART.fullmatch(value):
+                node.error(key, "expected lowercase letters, digits and '-' (e.g. eu-west-1, s3)")
         access = node.secret("access_key_id", required=True)
         secret = secret_text(node, "secret_access_key", setup.default_key)
         if secret is None:

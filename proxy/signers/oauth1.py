@@ -134,13 +134,16 @@ class OAuth1Signer:
         token = node.secret("token")
         token_secret = node.secret("token_secret")
         method = node.choice("signature_method", tuple(METHODS), "HMAC-SHA1")
+        realm = node.string("realm")
+        if realm is not None and (not realm.isprintable() or '"' in realm or "\\" in realm):
+            node.error("realm", "expected printable text without '\"' or '\\'")
         return cls(
             consumer_key=key.reveal() if key else "",
             consumer_secret=secret.reveal() if secret else "",
             token=token.reveal() if token else None,
             token_secret=token_secret.reveal() if token_secret else "",
             method=method,
-            realm=node.string("realm"),
+            realm=realm,
             version=node.boolean("version", True),
             form=node.choice("body", ("none", "form"), "none") == "form",
         )

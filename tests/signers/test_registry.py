@@ -346,3 +346,24 @@ def test_any_recipe_text_is_a_config_error_or_a_signer_that_signs(seed: int) -> 
         signer.sign(request, SignContext(now=1.0, token="t"))
     except UnsafeSignature:
         pass  # a raw digest in a header: refused (502), never sent
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"type": "aws_sigv4", "region": "eu west", "service": "s3", "access_key_id": "A"},
+            f"{P}.region: expected lowercase letters, digits and '-'",
+        ),
+        (
+            {"type": "oauth1", "consumer_key": "ck", "realm": 'a"b'},
+            f"{P}.realm: expected printable text without",
+        ),
+    ],
+    ids=["aws-region-with-a-space", "oauth1-realm-with-a-quote"],
+)
+def test_values_that_would_break_the_header_are_config_errors(
+    raw: dict[str, Any], expected: str
+) -> None:
+    _, problems = build(raw)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
