@@ -30,8 +30,10 @@ PAYNET_RECIPE: Final[dict[str, Any]] = {
 }
 
 #: Saison Connect (SPEC 4.2): the OAuth 2.0 MAC draft's normalized request string with
-#: HMAC-SHA256, base64. The draft's own examples (draft-ietf-oauth-v2-http-mac) are
-#: hmac-sha-1, so the vector is keyhop's Saison golden (tests/golden/saison_post_profile.*).
+#: HMAC-SHA256, base64. The draft's own example (draft-ietf-oauth-v2-http-mac-02 1.1:
+#: mac="bhCQXTVyfj5cmA9uKkPFx1zeOXM=", key 489dks293j39) is illustrative: it reproduces under
+#: neither hmac-sha-1 nor hmac-sha-256 (tests/signers/test_hmac.py), so the vector is
+#: keyhop's Saison golden (tests/golden/saison_post_profile.*).
 SAISON_RECIPE: Final[dict[str, Any]] = {
     "type": "hmac",
     "message": "{timestamp}\n{nonce}\n{method}\n{target}\n{host}\n{port}\n\n",

@@ -330,3 +330,23 @@ def test_every_placeholder_the_config_accepts_has_a_getter() -> None:
 def test_an_empty_given_timestamp_renders_as_empty_not_a_crash() -> None:
     signer = built({"type": "hmac", "message": "[{timestamp}]", "headers": {"X": "{signature}"}})
     assert signer.sign(make_request(), SignContext(now=0.0, timestamp="")).message == "[]"
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
+def test_the_mac_drafts_own_example_is_illustrative_so_saison_uses_its_golden(
+    algorithm: str,
+) -> None:
+    # draft-ietf-oauth-v2-http-mac-02 1.1: GET /resource/1?b=1&a=2, Host example.com, key
+    # 489dks293j39, ts 1336363200, nonce dj83hs9s -> mac "bhCQXTVyfj5cmA9uKkPFx1zeOXM=".
+    # The draft's normalized string under its key gives another value with either hash:
+    # the example was never computed, so it cannot serve as the Saison preset's vector.
+    message = b"1336363200\ndj83hs9s\nGET\n/resource/1?b=1&a=2\nexample.com\n80\n\n"
+    signer = built({**SAISON_RECIPE, "algorithm": algorithm}, default_key="489dks293j39")
+    request = make_request("GET", "/resource/1?b=1&a=2", host="example.com", scheme="http")
+    sig = signer.sign(request, SignContext(now=0.0, timestamp="1336363200", nonce="dj83hs9s"))
+    assert sig.message.encode() == message
+    assert (
+        sig.signature
+        == base64.b64encode(hmac.new(b"489dks293j39", message, algorithm).digest()).decode()
+    )
+    assert sig.signature != "bhCQXTVyfj5cmA9uKkPFx1zeOXM="
