@@ -341,7 +341,8 @@ def test_the_mac_drafts_own_example_is_illustrative_so_saison_uses_its_golden(
     # The draft's normalized string under its key gives another value with either hash:
     # the example was never computed, so it cannot serve as the Saison preset's vector.
     message = b"1336363200\ndj83hs9s\nGET\n/resource/1?b=1&a=2\nexample.com\n80\n\n"
-    signer = built({**SAISON_RECIPE, "algorithm": algorithm}, default_key="489dks293j39")
+    recipe = {k: v for k, v in SAISON_RECIPE.items() if k != "vectors"}  # its own is SHA-256
+    signer = built({**recipe, "algorithm": algorithm}, default_key="489dks293j39")
     request = make_request("GET", "/resource/1?b=1&a=2", host="example.com", scheme="http")
     sig = signer.sign(request, SignContext(now=0.0, timestamp="1336363200", nonce="dj83hs9s"))
     assert sig.message.encode() == message
