@@ -14,6 +14,7 @@ from proxy.signers.base import (
     SignerSetup,
     SignRequest,
     UnsafeSignature,
+    applied,
 )
 from proxy.signers.hmac_recipe import HmacSigner
 from proxy.signers.http_message import HttpMessageSigner
@@ -72,5 +73,6 @@ __all__ = [
     "SignerSetup",
     "UnsafeSignature",
     "build_signer",
+    "applied",
     "check_vectors",
 ]

@@ -170,3 +170,17 @@ def secret_text(node: Node, key: str, default: Secret | None = None) -> Secret |
     """A secret option, falling back to `default` (the auth's client secret)."""
     found = node.secret(key)
     return found if found is not None else default
+
+
+def applied(request: SignRequest, signature: Signature) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(headers, raw query) to send: the signature's headers replace same-named ones (any
+    case) and go last; its query parameters are appended after the request's own."""
+    headers = request.headers
+    if signature.headers:
+        names = {name.lower() for name, _ in signature.headers}
+        headers = (*((n, v) for n, v in headers if n.lower() not in names), *signature.headers)
+    query = request.query
+    if signature.query:
+        extra = "&".join(f"{name}={value}" for name, value in signature.query)
+        query = f"{query}&{extra}" if query else extra
+    return headers, query

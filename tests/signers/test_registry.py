@@ -367,3 +367,16 @@ def test_values_that_would_break_the_header_are_config_errors(
 ) -> None:
     _, problems = build(raw)
     assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_applied_replaces_same_named_headers_and_appends_query_parameters() -> None:
+    from proxy.signers.base import Signature, applied
+
+    request = make_request("GET", "/x?a=1", headers=(("x-signature", "old"), ("Accept", "*/*")))
+    sig = Signature(headers=(("X-Signature", "new"),), query=(("timestamp", "5"), ("s", "ab")))
+    assert applied(request, sig) == (
+        (("Accept", "*/*"), ("X-Signature", "new")),
+        "a=1&timestamp=5&s=ab",
+    )
+    assert applied(make_request("GET", "/x"), sig)[1] == "timestamp=5&s=ab"
+    assert applied(request, Signature()) == (request.headers, "a=1")
