@@ -8,6 +8,7 @@ few small fragments, keyhop gains no runtime dependency, and escaping is still t
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Iterable
 from typing import Final
@@ -51,6 +52,7 @@ def page(title: str, body: Html, *, refresh_to: str | None = None) -> Html:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # the same few (csrf, provider) fields on every row
 def hidden(name: str, value: str) -> Html:
     return h('<input type=hidden name="{}" value="{}">', name, value)
 

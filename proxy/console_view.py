@@ -119,7 +119,7 @@ def _row(
         )
     return h(
         '<tr data-provider="{}" data-tenant="{}" data-state="{}"><td>{}</td><td>{}</td>'
-        "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=actions>{}</td></tr>",
+        "<td>{}</td><td>{}</td><td>{}</td><td class=actions>{}</td></tr>",
         name,
         tenant or "",
         state,
@@ -169,7 +169,7 @@ def _provider(
     states = [state_of(r, facts) for r in rows]
     body = join(_row(name, r, facts, throttled, now, csrf) for r in rows)
     if not rows:
-        body = Html("<tr><td colspan=7 class=empty>no tenant connected yet</td></tr>")
+        body = Html("<tr><td colspan=6 class=empty>no tenant connected yet</td></tr>")
     badge = (
         h(' <span class="state s-throttled">throttled until {}</span>', when(throttled))
         if throttled is not None
@@ -229,7 +229,7 @@ def console_page(
         else Html("")
     )
     header = h(
-        "<header><h1>keyhop console</h1><p>Store <code>{}</code>: {}</p>"
+        "<header><h1>keyhop console</h1><p>Token store <code>{}</code> is {}</p>"
         "<p class=summary>{}</p><p class=hint>As of {} · "
         '<a href="/-/console">refresh</a></p>{}</header>',
         store["engine"],
