@@ -48,7 +48,7 @@ def _page(title: str, text: str, status: int = 200) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/html")
 
 
-def _back_to_console(text: str) -> web.Response:
+def _back_to_console(text: str, ok: bool = True) -> web.Response:
     """The end of a login started from the console: a page that moves on to it by itself.
 
     Not a 303: this answer ends a redirect chain the provider's site started, and a
@@ -58,11 +58,11 @@ def _back_to_console(text: str) -> web.Response:
     body = (
         "<!doctype html><meta charset=utf-8><title>keyhop</title>"
         f'<meta http-equiv="refresh" content="0; url={CONSOLE}">'
-        f'<h1>Connected</h1><p>{html.escape(text)}</p><p><a href="{CONSOLE}">Back to the '
-        "console</a></p>"
+        f"<h1>{'Connected' if ok else 'Not connected'}</h1><p>{html.escape(text)}</p>"
+        f'<p><a href="{CONSOLE}">Back to the console</a></p>'
     )
     response = web.Response(text=body, content_type="text/html")
-    set_flash(response, text)
+    set_flash(response, text, ok)
     return response
 
 
@@ -148,6 +148,15 @@ async def finish_login(
     return tenant, pending.fields.get("then") == "console"
 
 
+async def _started_from_console(kh: Keyhop, provider: ProviderConfig, state: str | None) -> bool:
+    """A refused login the console started: its pending state is dropped, the console says why."""
+    pending = await kh.store.get(LOGIN_STATE, state) if state else None
+    if pending is None or pending.fields.get("provider") != provider.name:
+        return False
+    await kh.store.delete(LOGIN_STATE, state)
+    return pending.fields.get("then") == "console"
+
+
 def _tenant_param(request: web.BaseRequest, provider: ProviderConfig) -> str | None:
     tenant = request.query.get("tenant") or provider.default_tenant
     if provider.tenants and not tenant:
@@ -170,6 +179,8 @@ async def _authorization_code(
         query = request.query
         if "error" in query:
             refused = query.get("error", "")[:64]
+            if await _started_from_console(kh, provider, query.get("state")):
+                return _back_to_console(f"{provider.name} refused the login: {refused}", ok=False)
             raise BadRequest(f"{provider.name} refused the login: {refused}")
         code, state = query.get("code"), query.get("state")
         if not code or not state:

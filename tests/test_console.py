@@ -161,11 +161,14 @@ async def test_each_state_is_said_in_words_with_expiry_fetches_routes_and_store_
     client, calls, fail, store = await console_stack(upstream, proxy, ca_file)
     now = time.time()
     await store.put("saison", "m-expired", Credential("a", now - 30, now - 3630, "r"))
+    # inside the renewal margin (SPEC 4.4: 60 s or 10 % of the life before expiry)
+    await store.put("saison", "m-renewing", Credential("b", now + 30, now - 3570, "r"))
     assert (await client.get("/kibo/x")).status == 200  # fetched: valid for an hour
     assert (await client.get("/fixed/busy")).status == 429  # Retry-After: 120 -> throttled
     page = await open_console(client)
     assert page.state("kibo") == "valid"
     assert page.state("saison", "m-expired") == "expired"
+    assert page.state("saison", "m-renewing") == "renewing"
     assert page.state("saison", "sandbox-member") == "not connected"  # its default tenant
     assert "no tenant connected yet" in page.text  # sesami: no shop installed
     assert page.state("fixed") == "static"
@@ -334,6 +337,17 @@ async def test_connect_goes_through_the_login_page_and_back_to_the_console_now_v
     page = await open_console(client)
     assert page.state("saison", "sandbox-member") == "valid"
     assert "Connected saison for sandbox-member." in page.text
+    # a login the person denies also ends on the console, which says so
+    fields = {**page.form("/-/console/connect", provider="saison"), "tenant": "m2"}
+    resp = await client.post("/-/console/connect", data=fields, allow_redirects=False)
+    deny = await client.session.post(
+        resp.headers["Location"], data={"decision": "deny"}, ssl=ctx, allow_redirects=False
+    )
+    done = await client.session.get(URL(deny.headers["Location"], encoded=True))
+    assert done.status == 200
+    page = await open_console(client)
+    assert "saison refused the login: access_denied" in page.text
+    assert "error" in flash_of(page)
 
 
 async def test_the_install_link_is_the_providers_authorize_url_for_the_shop(
