@@ -129,6 +129,8 @@ async def _revoke(kh: Keyhop, request: web.BaseRequest, fields: Fields) -> web.S
     # as `keyhop tokens revoke` (proxy/cli.py), and this process stops using it at once
     removed = await kh.store.delete(name, tenant)
     kh.manager.forget(name, tenant or "")
+    if not removed and not kh.store.healthy:  # the store says nothing while it is down
+        return back(kh, f"The token store {kh.store.description} is unreachable; try again.", False)
     if not removed:
         return back(kh, f"Nothing is stored for {_who(name, tenant)}; nothing was revoked.", False)
     return back(kh, f"Revoked {_who(name, tenant)}.")
