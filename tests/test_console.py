@@ -293,7 +293,7 @@ async def test_revoking_an_unknown_provider_or_tenant_is_a_clear_message(
 async def test_renew_now_fetches_a_fresh_credential_that_requests_then_use(
     upstream: StartUpstream, proxy: MakeProxy, ca_file: str
 ) -> None:
-    client, calls, _, _ = await console_stack(upstream, proxy, ca_file)
+    client, calls, fail, _ = await console_stack(upstream, proxy, ca_file)
     assert (await (await client.get("/kibo/x")).json())["auth"] == "Bearer tok-1"
     page = await open_console(client)
     resp = await client.post(
@@ -303,6 +303,14 @@ async def test_renew_now_fetches_a_fresh_credential_that_requests_then_use(
     assert "Renewed kibo: valid until" in page.text
     assert calls == ["token", "token"]
     assert (await (await client.get("/kibo/x")).json())["auth"] == "Bearer tok-2"
+    # a refused renewal says why; while it backs off, a second Renew sends nothing
+    fail["error"] = "invalid_client"
+    renew = page.form("/-/console/renew", provider="kibo")
+    page = Page(await (await client.post("/-/console/renew", data=renew)).text())
+    assert "Renewing kibo failed: token endpoint of kibo refused: invalid_client" in page.text
+    assert len(calls) == 3
+    page = Page(await (await client.post("/-/console/renew", data=renew)).text())
+    assert "kibo is backing off until" in page.text and len(calls) == 3
     # nothing to renew for a static provider or an app install
     csrf = page.forms[0]["fields"]["csrf"]
     for name in ("fixed", "sesami"):
