@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/keyhop.yaml
 
-.PHONY: run test lint check bench clean setup redis podman docker-test
+.PHONY: run test lint check bench clean setup redis podman docker-test chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,16 @@ redis:
 	  echo "installing redis-server (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-# Every test, the image's included: services the tests need are installed when missing.
-test: $(STAMP) lint redis podman
+# The console's browser test drives Debian's chromium through its chromedriver: install
+# both if missing (never a browser build selenium would download).
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Every test, the image's and the browser's included: services the tests need are installed
+# when missing.
+test: $(STAMP) lint redis podman chromium
 	$(BIN)/python -m pytest -q
 
 # The image tests build the Dockerfile with Debian's podman (runc: crun refuses this kernel's

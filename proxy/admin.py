@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.callbacks import handle_oauth
+from proxy.console import handle_console
 from proxy.errors import NoRoute
 from proxy.gate import check_client_key
 from proxy.runtime import Keyhop
@@ -104,4 +105,6 @@ async def handle_admin(
         return web.json_response(await providers_view(kh))
     if path.startswith("/-/oauth/"):
         return await handle_oauth(kh, request, info)
+    if path == "/-/console" or path.startswith("/-/console/"):
+        return await handle_console(kh, request, info, providers_view)  # its own access rules
     raise NoRoute(f"no keyhop endpoint {path}")

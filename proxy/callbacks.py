@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.auth.app_install import AppInstall
 from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
+from proxy.console_session import CONSOLE, set_flash
 from proxy.errors import BadRequest, BadSignature, CredentialError, NoRoute
 from proxy.flows import run_flow
 from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
@@ -42,8 +43,39 @@ def _page(title: str, text: str, status: int = 200) -> web.Response:
     return web.Response(text=body, status=status, content_type="text/html")
 
 
+def _back_to_console(text: str, ok: bool = True) -> web.Response:
+    """The end of a login started from the console: a page that moves on to it by itself.
+
+    Not a 303: this answer ends a redirect chain the provider's site started, and a
+    browser sends no SameSite=Strict cookie (the console's client key) on such a chain; a
+    refresh from keyhop's own page is a same-site navigation, which does carry them.
+    """
+    body = (
+        "<!doctype html><meta charset=utf-8><title>keyhop</title>"
+        f'<meta http-equiv="refresh" content="0; url={CONSOLE}">'
+        f"<h1>{'Connected' if ok else 'Not connected'}</h1><p>{html.escape(text)}</p>"
+        f'<p><a href="{CONSOLE}">Back to the console</a></p>'
+    )
+    response = web.Response(text=body, content_type="text/html")
+    set_flash(response, text, ok)
+    return response
+
+
 def _redirect(location: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location})
+
+
+def is_loopback_host(request: web.BaseRequest) -> bool:
+    """The request names a loopback address or localhost in its Host: a page that rebinds
+    its own DNS name to 127.0.0.1 still sends that name, and is refused."""
+    host = request.headers.get("Host", "")
+    name = (
+        host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    )
+    try:
+        return name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def callback_url(request: web.BaseRequest, provider: str) -> str:
@@ -52,26 +84,25 @@ def callback_url(request: web.BaseRequest, provider: str) -> str:
     Only a loopback Host is trusted to build it: a code must never be sent to whatever host
     a request claims to be (DNS rebinding). Elsewhere, configure `auth.redirect_uri`.
     """
-    host = request.headers.get("Host", "")
-    name = (
-        host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
-    )
-    try:
-        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(request):
         raise BadRequest(
             f"set providers.{provider}.auth.redirect_uri: keyhop builds its callback URL "
             "only for loopback addresses"
         )
-    return f"http://{host}/-/oauth/{provider}/callback"
+    return f"http://{request.headers['Host']}/-/oauth/{provider}/callback"
 
 
 async def begin_login(
-    kh: Keyhop, provider: ProviderConfig, tenant: str | None, redirect_uri: str | None
+    kh: Keyhop,
+    provider: ProviderConfig,
+    tenant: str | None,
+    redirect_uri: str | None,
+    *,
+    to_console: bool = False,
 ) -> str:
-    """Record a pending login and return the provider's authorize URL."""
+    """Record a pending login and return the provider's authorize URL. A login started from
+    the console (`to_console`) ends back on it; only that flag is kept, never a URL to
+    send the browser to (no open redirect)."""
     scheme = provider.scheme
     assert isinstance(scheme, AuthorizationCode)
     state = secrets.token_urlsafe(24)
@@ -80,6 +111,8 @@ async def begin_login(
     fields = {"provider": provider.name, "tenant": tenant or "", "redirect_uri": redirect_uri or ""}
     if verifier:
         fields["verifier"] = verifier
+    if to_console:
+        fields["then"] = "console"
     await kh.store.put(
         LOGIN_STATE,
         state,
@@ -88,8 +121,11 @@ async def begin_login(
     return scheme.authorization_url(state, tenant, redirect_uri, challenge)
 
 
-async def finish_login(kh: Keyhop, provider: ProviderConfig, code: str, state: str) -> str | None:
-    """Exchange a code for the login `state` started; returns the tenant."""
+async def finish_login(
+    kh: Keyhop, provider: ProviderConfig, code: str, state: str
+) -> tuple[str | None, bool]:
+    """Exchange a code for the login `state` started; returns the tenant and whether the
+    login was started from the console."""
     pending = await kh.store.get(LOGIN_STATE, state)
     if pending is None or pending.is_expired(kh.clock()):
         raise BadRequest("unknown or expired login state; start the login again")
@@ -104,7 +140,16 @@ async def finish_login(kh: Keyhop, provider: ProviderConfig, code: str, state: s
     )
     credential = await run_flow(kh, provider, flow)
     await kh.manager.remember(provider, tenant, credential)
-    return tenant
+    return tenant, pending.fields.get("then") == "console"
+
+
+async def _started_from_console(kh: Keyhop, provider: ProviderConfig, state: str | None) -> bool:
+    """A refused login the console started: its pending state is dropped, the console says why."""
+    pending = await kh.store.get(LOGIN_STATE, state) if state else None
+    if pending is None or pending.fields.get("provider") != provider.name:
+        return False
+    await kh.store.delete(LOGIN_STATE, state)
+    return pending.fields.get("then") == "console"
 
 
 def _tenant_param(request: web.BaseRequest, provider: ProviderConfig) -> str | None:
@@ -129,12 +174,16 @@ async def _authorization_code(
         query = request.query
         if "error" in query:
             refused = query.get("error", "")[:64]
+            if await _started_from_console(kh, provider, query.get("state")):
+                return _back_to_console(f"{provider.name} refused the login: {refused}", ok=False)
             raise BadRequest(f"{provider.name} refused the login: {refused}")
         code, state = query.get("code"), query.get("state")
         if not code or not state:
             raise BadRequest("the callback needs code and state")
-        tenant = await finish_login(kh, provider, code, state)
+        tenant, to_console = await finish_login(kh, provider, code, state)
         who = f" for {tenant}" if tenant else ""
+        if to_console:
+            return _back_to_console(f"Connected {provider.name}{who}.")
         return _page("Connected", f"keyhop is connected to {provider.name}{who}.")
     raise NoRoute(f"no endpoint /-/oauth/{provider.name}/{action}")
 
