@@ -262,7 +262,7 @@ def parse_config(
             elif isinstance(value, Mapping):
                 secrets.update(v.reveal() for v in value.values() if isinstance(v, Secret))
         if provider.sign is not None:
-            secrets.add(provider.sign.key.reveal())
+            secrets.update(s for s in provider.sign.secrets() if s)
     return Config(
         source=source,
         listen=listen,

@@ -3,6 +3,7 @@
     ProxyError(status, code)       -> JSON {"error": code, "message": ...}
       ├─ BadRequest                 400 bad_request
       ├─ NoRoute                    404 no_route
+      ├─ BodyTooLarge               413 body_too_large (a signer needs more than it may buffer)
       ├─ ClientKeyRequired          401 client_key_required
       ├─ BadSignature               401 bad_signature (an inbound callback's hmac)
       ├─ TenantRequired             400 tenant_required
@@ -52,6 +53,11 @@ class BadRequest(ProxyError):
 class NoRoute(ProxyError):
     status = 404
     code = "no_route"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    code = "body_too_large"
 
 
 class ClientKeyRequired(ProxyError):

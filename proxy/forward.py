@@ -19,9 +19,9 @@ from aiohttp import hdrs, web
 
 from proxy.access import AccessInfo, log_access
 from proxy.admin import handle_admin
-from proxy.bodies import read_body
+from proxy.bodies import read_body, read_whole_body
 from proxy.budget import wait_for_budget
-from proxy.errors import BadRequest, NoRoute, ProxyError, RateLimited
+from proxy.errors import BadRequest, BodyTooLarge, NoRoute, ProxyError, RateLimited
 from proxy.exchange import exchange
 from proxy.gate import check_client_key, check_target
 from proxy.headers import clean_request_headers
@@ -73,7 +73,11 @@ async def proxy_request(
             # now that route and credential are settled, ask for the body
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         want_replay = bool(provider.refresh_on and prt.needs_credential) or provider.retry_throttled
-        body, replayable = await read_body(request, provider.replay_max_bytes, want_replay)
+        signer = provider.sign
+        if signer is not None and signer.needs_body:
+            body, replayable = await read_whole_body(request, signer.body_max_bytes), True
+        else:
+            body, replayable = await read_body(request, provider.replay_max_bytes, want_replay)
 
         def build(credential: Credential | None, traceparent: str | None) -> Outbound:
             return prt.inject.build(
@@ -173,9 +177,12 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         info.error = exc.code
         status = exc.status
         response = error_response(kh, exc)
-        if request.headers.get(hdrs.EXPECT) and not request.content.is_eof():
-            # the client waits for "100 Continue" and will never send the body: close the
-            # connection instead of lingering for it (aiohttp would wait 10 s, also on drain)
+        if isinstance(exc, BodyTooLarge) or (
+            request.headers.get(hdrs.EXPECT) and not request.content.is_eof()
+        ):
+            # a body left unread (too large to sign, or a client waiting for "100 Continue"
+            # that will never send it): close the connection instead of lingering for it
+            # (aiohttp would wait 10 s, also on drain)
             response.force_close()
             request.content.feed_eof()  # nothing to linger on: the connection just closes
         return response

@@ -15,7 +15,6 @@ Rules (after h11's _state.py):
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -23,15 +22,10 @@ from typing import Any, Final
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.auth import AuthScheme
+from proxy.errors import CredentialError
 from proxy.routing import Upstream
 from proxy.schema import Node, Secret
-from proxy.signing import (
-    NONCE_ALPHABET,
-    mac_authorization,
-    mac_normalized_string,
-    mac_signature,
-    x_signature,
-)
+from proxy.signers import SignContext, Signer, SignRequest, UnsafeSignature
 from proxy.tokens import Credential
 
 #: a header template's pieces: `{{`, `}}`, `{name}`, and the literal text between them
@@ -110,53 +104,21 @@ def compile_template(
     return HeaderTemplate(key, tuple(parts))
 
 
-# --- signatures ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SignConfig:
-    type: str  # mac | x_signature
-    key: Secret = field(repr=False)
-
-
-def new_nonce(length: int = 10) -> str:
-    """SPEC 4.2: 10 characters of [0-9a-zA-Z] from a CSPRNG, fresh per request."""
-    return "".join(secrets.choice(NONCE_ALPHABET) for _ in range(length))
-
-
-def signature_headers(
-    sign: SignConfig,
-    credential: Credential | None,
-    method: str,
-    upstream: Upstream,
-    target: str,
-    now: float,
-    nonce: str = "",
-) -> list[tuple[str, str]]:
-    """The headers computed afresh for every request: the `sign:` block's."""
-    ts = str(int(now))
-    key = sign.key.reveal().encode()
-    if sign.type == "x_signature":
-        return [("X-Timestamp", ts), ("X-Signature", x_signature(key, ts))]
-    normalized = mac_normalized_string(ts, nonce, method, target, upstream.host, upstream.port)
-    token = credential.token if credential else ""
-    return [("Authorization", mac_authorization(token, ts, nonce, mac_signature(key, normalized)))]
-
-
 # --- the injector ----------------------------------------------------------------------------
 
 
 class Injector:
     """What one provider adds to its requests: built once per config, used per request."""
 
-    __slots__ = ("_headers", "_scheme", "_sign", "_rendered")
+    __slots__ = ("_headers", "_scheme", "_signer", "_client_id", "_rendered")
 
     def __init__(
-        self, headers: tuple[HeaderTemplate, ...], scheme: AuthScheme, sign: SignConfig | None
+        self, headers: tuple[HeaderTemplate, ...], scheme: AuthScheme, signer: Signer | None
     ) -> None:
         self._headers = headers
         self._scheme = scheme
-        self._sign = sign
+        self._signer = signer
+        self._client_id = scheme.client_id or ""
         self._rendered: dict[tuple[str | None, str | None], list[tuple[str, str]]] = {}
 
     def _credential_headers(
@@ -174,27 +136,6 @@ class Injector:
                 rendered.extend(self._scheme.credential_headers(credential).items())
             self._rendered[key] = rendered
         return rendered
-
-    def add_to(
-        self,
-        headers: CIMultiDict[str],
-        method: str,
-        upstream: Upstream,
-        target: str,
-        credential: Credential | None,
-        tenant: str | None,
-        now: float,
-    ) -> None:
-        """Set keyhop's headers on `headers` (already cleaned of the client's own)."""
-        for name, value in self._credential_headers(credential, tenant):
-            headers[name] = value
-        sign = self._sign
-        if sign is not None:
-            nonce = new_nonce() if sign.type == "mac" else ""
-            for name, value in signature_headers(
-                sign, credential, method, upstream, target, now, nonce
-            ):
-                headers[name] = value
 
     def build(
         self,
@@ -214,6 +155,30 @@ class Injector:
         headers = cleaned.copy()
         if traceparent is not None:
             headers["traceparent"] = traceparent
-        target = path if query is None else f"{path}?{query}"
-        self.add_to(headers, method, upstream, target, credential, tenant, now)
+        for name, value in self._credential_headers(credential, tenant):
+            headers[name] = value
+        signer = self._signer
+        if signer is not None:
+            signed = SignRequest(
+                method,
+                upstream.scheme,
+                upstream.host,
+                upstream.port,
+                path,
+                query or "",
+                tuple(headers.items()),
+                (body if body is not None else b"") if signer.needs_body else None,
+            )
+            context = SignContext(
+                now, credential.token if credential else "", self._client_id, tenant or ""
+            )
+            try:
+                signature = signer.sign(signed, context)
+            except UnsafeSignature as exc:
+                raise CredentialError(f"{exc}; the request was not sent") from None
+            for name, value in signature.headers:
+                headers[name] = value
+            if signature.query:
+                extra = "&".join(f"{name}={value}" for name, value in signature.query)
+                query = f"{query}&{extra}" if query else extra
         return Outbound(method, upstream, path, query, CIMultiDictProxy(headers), body)

@@ -8,7 +8,10 @@ A header set to null removes a default header.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Final
+
+from proxy.signers.recipes import PAYNET_RECIPE, SAISON_RECIPE
 
 KIBO_THROTTLE_CODES: Final = ["ERR_403_DEVELOPER_OVER_QPS", "ERR_403_DEVELOPER_OVER_RATE"]
 
@@ -35,7 +38,7 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
     "paynet": {
         "auth": {"type": "oauth2_client_credentials", "token_url": "/token", "client_auth": "body"},
         "headers": {"X-Fiid": "{fiid}"},
-        "sign": {"type": "x_signature"},
+        "sign": copy.deepcopy(PAYNET_RECIPE),
         "refresh_on": [401],
     },
     # Saison Connect: authorization code per member, then refresh; MAC-signed requests.
@@ -48,7 +51,7 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
             "token_headers": {"X-API-VERSION": "1"},
         },
         "headers": {"X-API-VERSION": "1"},
-        "sign": {"type": "mac"},
+        "sign": copy.deepcopy(SAISON_RECIPE),
         "tenants": True,
         "refresh_on": [401],
     },

@@ -11,9 +11,10 @@ from typing import Any, Final
 
 from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.headers import CONTROL_CHARS, FIELD_NAME
-from proxy.outbound import HeaderTemplate, SignConfig, compile_template
+from proxy.outbound import HeaderTemplate, compile_template
 from proxy.presets import PRESETS, merge
 from proxy.schema import Node, Problems, Secret, describe
+from proxy.signers import Signer, SignerSetup, build_signer
 
 DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
 TENANT_RULE: Final = "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -"
@@ -61,7 +62,7 @@ class ProviderConfig:
     retry_throttled: bool = False
     timeouts: Timeouts = Timeouts()
     ca_file: str | None = None
-    sign: SignConfig | None = None
+    sign: Signer | None = None
     tenants: bool = False
     default_tenant: str | None = None
     replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES
@@ -121,7 +122,13 @@ def read_provider(
                 f"unknown {describe(preset_name)}; expected one of: {', '.join(sorted(PRESETS))}",
             )
             return None
-        raw = merge(PRESETS[preset_name], {k: v for k, v in raw.items() if k != "preset"})
+        override = {k: v for k, v in raw.items() if k != "preset"}
+        preset = PRESETS[preset_name]
+        raw = merge(preset, override)
+        sign = override.get("sign")
+        if isinstance(sign, Mapping) and "type" in sign and "sign" in preset:
+            if sign["type"] != preset["sign"].get("type"):
+                raw["sign"] = sign  # another signer: none of the preset's recipe applies
     node = Node(raw, path, problems)
     node.get("preset")
     base = node.url("base_url") or base_url
@@ -164,15 +171,18 @@ def read_provider(
                 headers.append(template)
 
     sign = None
-    snode = node.child("sign")
-    if snode.ok and snode.raw:
-        sign_type = snode.choice("type", ("mac", "x_signature"), "x_signature")
-        key = snode.secret("key") or (scheme.signing_key if scheme else None)
-        if key is None:
-            snode.error("key", "required: this auth type has no client secret to sign with")
-        else:
-            sign = SignConfig(sign_type, key)
-        snode.finish()
+    raw_sign = node.get("sign")
+    if isinstance(raw_sign, Mapping) and raw_sign:
+        if "type" not in raw_sign:  # before the registry, a sign: block without a type
+            raw_sign = {"type": "x_signature", **raw_sign}  # meant PayNet's X-Signature
+        setup = SignerSetup(
+            provider=name,
+            default_key=scheme.signing_key if scheme else None,
+            static_vars=static,
+        )
+        sign = build_signer(Node(raw_sign, node.at("sign"), problems), setup)
+    elif raw_sign is not None and raw_sign != {}:
+        node.error("sign", f"expected a mapping, found {describe(raw_sign)}")
 
     refetchable = scheme is not None and scheme.refetchable
     refresh_on = _read_matches(node, "refresh_on", [401] if refetchable else [])

@@ -1,4 +1,7 @@
-"""Request signatures and their verification.
+"""PayNet, Saison and Sesami signatures as their vendors compute and verify them: what the
+sandbox's fakes check and the inbound Sesami callbacks verify. keyhop's own outbound
+signatures are `hmac` recipes in proxy/signers/ (a separate implementation; both are held to
+the vendors' vectors by the tests).
 
 Rules (after h11's _state.py): no I/O, no clock and no randomness of its own (time and
 nonces are passed in), nothing logged. Each step is a named function so tests can pin

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.outbound import new_nonce
+from proxy.schema import Node, Problems, Secret
+from proxy.signers import SAISON_RECIPE, SignContext, SignerSetup, SignRequest, build_signer
 from proxy.signing import (
     mac_authorization,
     mac_normalized_string,
@@ -77,8 +78,18 @@ def test_saison_authorization_header_has_the_documented_form() -> None:
     }
 
 
-def test_nonces_are_ten_alphanumerics_and_fresh() -> None:
-    nonces = {new_nonce() for _ in range(200)}
+def test_saison_preset_nonces_are_ten_alphanumerics_and_fresh() -> None:
+    problems = Problems("t.yaml")
+    setup = SignerSetup("saison", Secret("k" * 16), {})
+    signer = build_signer(Node(SAISON_RECIPE, "sign", problems), setup)
+    assert signer is not None, problems.items
+    request = SignRequest("GET", "https", "h.example", 443, "/p", "", (), None)
+    nonces = set()
+    for _ in range(200):
+        signature = signer.sign(request, SignContext(1700000000.0, token="t"))
+        fields = parse_mac_authorization(dict(signature.headers)["Authorization"])
+        assert fields is not None
+        nonces.add(fields["nonce"])
     assert len(nonces) == 200
     assert all(re.fullmatch(r"[0-9A-Za-z]{10}", n) for n in nonces)
 

@@ -1,6 +1,6 @@
 """Signature templates: compiled once at load, rendered to BYTES per request.
 
-Grammar (docs/signing.md "The recipe vocabulary"):
+Grammar (README.md, "The recipe vocabulary"):
     text        literal; `{{` and `}}` stand for `{` and `}`
     {name}      a placeholder the caller allows (request fields, credential, vars)
     {header:N}  the value of header N as sent (several joined with ", "); "" when absent
