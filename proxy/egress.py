@@ -1,0 +1,336 @@
+"""Egress through a corporate HTTP proxy (SPEC 5.3): which proxy a connection takes, and the
+CONNECT tunnel through it.
+
+Rules:
+- `egress_proxy` is `none` (the default: direct), `env` (curl's variables, read when the config
+  is loaded, so SIGHUP re-reads them) or `http://[user:pass@]host:port`.
+- A connection that should go through a proxy goes through it or fails with EgressError naming
+  the proxy (host:port); it never falls back to a direct connection.
+- TLS stays end to end: the tunnel hands back a plain TCP socket and the caller runs TLS over it
+  against the partner's own name and certificate.
+- The proxy password is a Secret: never in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+import aiohappyeyeballs
+from aiohttp import BasicAuth
+
+from proxy.schema import Node, Secret
+
+HEAD_LIMIT: Final = 16 * 1024  # the proxy's answer head; more is not a proxy talking HTTP
+CURL_DEFAULT_PORT: Final = 1080  # curl: a proxy variable without a port (CURLOPT_PROXYPORT)
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?")
+_PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+class EgressError(ConnectionError):
+    """The egress proxy refused or failed. The message names the proxy (host:port, never its
+    credentials) and what happened; callers answer 502 `upstream_unreachable` with it."""
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """One HTTP proxy. Only `host:port` ever shows (`label`, repr)."""
+
+    host: str
+    port: int
+    username: str | None = field(default=None, repr=False)
+    password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL without credentials (aiohttp's `proxy=`)."""
+        return f"http://{self.label}"
+
+    def authorization(self) -> str | None:
+        """`Proxy-Authorization` value: Basic (RFC 9110 11.7.1, RFC 7617 2 with UTF-8)."""
+        if self.username is None:
+            return None
+        password = self.password.reveal() if self.password is not None else ""
+        pair = f"{self.username}:{password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+@dataclass(frozen=True)
+class NoProxy:
+    """NO_PROXY as curl's lib/noproxy.c reads it: `*` alone means every host; otherwise a
+    comma-separated list where a name matches itself and every subdomain (a leading dot changes
+    nothing), case-insensitively, trailing dots ignored; IP addresses and CIDR ranges match
+    IP-literal hosts only. The port of the connection plays no part, and keyhop also drops a
+    `:port` written on an entry (curl would never match such an entry)."""
+
+    everything: bool = False
+    names: tuple[str, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> NoProxy:
+        if text.strip() == "*":
+            return cls(everything=True)
+        names: list[str] = []
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for raw in text.split(","):
+            entry = raw.strip()
+            if entry.startswith("["):  # [v6]:port or [v6]
+                entry = entry[1:].partition("]")[0]
+            elif entry.count(":") == 1:  # name:port or v4:port
+                entry = entry.partition(":")[0]
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+                continue
+            except ValueError:
+                pass
+            name = entry.strip(".").lower()
+            if name:
+                names.append(name)
+        return cls(False, tuple(names), tuple(networks))
+
+    def matches(self, host: str) -> bool:
+        if self.everything:
+            return True
+        host = host.strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            name = host.rstrip(".").lower()
+            return any(name == n or name.endswith("." + n) for n in self.names)
+        return any(address in net for net in self.networks if net.version == address.version)
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """Where one provider's connections go. `mode` is none, env or url."""
+
+    mode: str = "none"
+    https: ProxyTarget | None = None
+    http: ProxyTarget | None = None
+    no_proxy: NoProxy = NoProxy()
+
+    def secrets(self) -> set[str]:
+        """The proxy passwords, for the config's redaction list."""
+        return {t.password.reveal() for t in (self.https, self.http) if t and t.password}
+
+
+DIRECT: Final = EgressSettings()
+
+
+def parse_proxy_url(text: str, *, default_port: int | None) -> ProxyTarget | str:
+    """A ProxyTarget, or what is wrong with `text` (a sentence that never quotes it: it may hold
+    a password). Without a scheme, http:// is meant, as curl reads its variables."""
+    text = text.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "not a valid proxy URL (a bad port or address)"
+    if parts.scheme.lower() != "http":
+        return (
+            f"a {parts.scheme}:// proxy is not supported; expected http://[user:pass@]host:port "
+            "(an HTTP proxy that speaks CONNECT)"
+        )
+    if not parts.hostname:
+        return "the proxy URL names no host"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a proxy URL is http://[user:pass@]host:port, without a path or query"
+    if port is None:
+        if default_port is None:
+            return f"the proxy URL for {parts.hostname} needs a port (http://host:port)"
+        port = default_port
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password else None
+    return ProxyTarget(
+        parts.hostname.lower(), port, username, Secret(password) if password else None
+    )
+
+
+def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    # curl (lib/url.c detect_proxy): the lowercase name first, uppercase only when the lowercase
+    # one is not set at all; a set but empty variable means "no proxy"
+    for name in names:
+        if name in environ:
+            return name, environ[name]
+    return None
+
+
+def read_egress(
+    node: Node,
+    key: str = "egress_proxy",
+    inherit: EgressSettings = DIRECT,
+    environ: Mapping[str, str] | None = None,
+) -> EgressSettings:
+    """Read `key` of `node` (top level, or a provider inheriting the top level's setting)."""
+    if not node.has(key):
+        node.get(key)
+        return inherit
+    text = node.string(key)
+    if text is None:
+        return inherit
+    if text == "none":
+        return DIRECT
+    if text == "env":
+        env = os.environ if environ is None else environ
+        targets: dict[str, ProxyTarget | None] = {}
+        # http_proxy has no uppercase form in curl: CGI servers put a request's `Proxy:` header
+        # in HTTP_PROXY ("httpoxy", CVE-2016-5385)
+        for scheme, names in (
+            ("https", ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")),
+            ("http", ("http_proxy", "all_proxy", "ALL_PROXY")),
+        ):
+            found = _from_env(env, names)
+            targets[scheme] = None
+            if found is not None and found[1].strip():
+                target = parse_proxy_url(found[1], default_port=CURL_DEFAULT_PORT)
+                if isinstance(target, str):
+                    node.error(key, f"env: {found[0]}: {target}")
+                else:
+                    targets[scheme] = target
+        no_proxy = _from_env(env, ("no_proxy", "NO_PROXY"))
+        return EgressSettings(
+            "env", targets["https"], targets["http"], NoProxy.parse(no_proxy[1] if no_proxy else "")
+        )
+    if "://" not in text:
+        node.error(key, "expected none, env or http://[user:pass@]host:port")
+        return DIRECT
+    target = parse_proxy_url(text, default_port=None)
+    if isinstance(target, str):
+        node.error(key, target)
+        return DIRECT
+    return EgressSettings("url", target, target)
+
+
+def proxy_for(settings: EgressSettings, scheme: str, host: str) -> ProxyTarget | None:
+    """The proxy a connection to `scheme://host` goes through, or None for a direct one."""
+    target = settings.https if scheme in ("https", "wss") else settings.http
+    if target is None or settings.no_proxy.matches(host):
+        return None
+    return target
+
+
+@dataclass(frozen=True)
+class SessionProxy:
+    """What aiohttp's ClientSession.request takes for one URL: `proxy=url, proxy_auth=auth`.
+    The password travels in `auth`, never in the URL (aiohttp quotes the URL in errors)."""
+
+    url: str | None = None
+    auth: BasicAuth | None = None
+
+
+def session_proxy(settings: EgressSettings, scheme: str, host: str) -> SessionProxy:
+    target = proxy_for(settings, scheme, host)
+    if target is None:
+        return SessionProxy()
+    auth = None
+    if target.username is not None:
+        password = target.password.reveal() if target.password else ""
+        auth = BasicAuth(target.username, password, encoding="utf-8")
+    return SessionProxy(target.url, auth)
+
+
+async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: float) -> socket.socket:
+    """A TCP connection to `host:port` through `proxy` (RFC 9110 9.3.6 CONNECT): a connected,
+    non-blocking socket on which nothing has been read past the proxy's answer, for
+    `loop.create_connection(..., sock=sock, ssl=ctx, server_hostname=host)`."""
+    loop = asyncio.get_running_loop()
+    sock: socket.socket | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+                sock = await aiohappyeyeballs.start_connection(
+                    infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
+                )
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise EgressError(f"cannot connect to proxy {proxy.label}: {reason}") from None
+            await loop.sock_sendall(sock, _connect_request(proxy, host, port))
+            head = await _read_head(loop, sock, proxy)
+    except TimeoutError:
+        if sock is not None:
+            sock.close()
+        raise EgressError(
+            f"proxy {proxy.label} did not open a tunnel to {_authority(host, port)} "
+            f"within {timeout:g} s"
+        ) from None
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    try:
+        _check_answer(head, proxy, host, port)
+    except EgressError:
+        sock.close()
+        raise
+    return sock
+
+
+def _authority(host: str, port: int) -> str:
+    # RFC 9110 9.3.6: CONNECT's target is authority-form, uri-host ":" port; IPv6 in brackets;
+    # an internationalized name goes as its A-label (RFC 5890)
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _connect_request(proxy: ProxyTarget, host: str, port: int) -> bytes:
+    authority = _authority(host, port)
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    credentials = proxy.authorization()
+    if credentials is not None:
+        lines.append(f"Proxy-Authorization: {credentials}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+async def _read_head(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: ProxyTarget
+) -> bytes:
+    """The answer's head, read byte-exact: a proxy sends nothing after a 2xx head until the
+    client speaks (TLS's ClientHello comes first), so anything more is a broken proxy."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > HEAD_LIMIT:
+            raise EgressError(f"proxy {proxy.label} sent an answer head over {HEAD_LIMIT} bytes")
+        try:
+            chunk = await loop.sock_recv(sock, 4096)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise EgressError(f"proxy {proxy.label} failed during CONNECT: {reason}") from None
+        if not chunk:
+            raise EgressError(f"proxy {proxy.label} closed the connection during CONNECT")
+        data += chunk
+    return data
+
+
+def _check_answer(data: bytes, proxy: ProxyTarget, host: str, port: int) -> None:
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0]
+    match = _STATUS_LINE.fullmatch(status_line)
+    if match is None:
+        raise EgressError(f"proxy {proxy.label} did not answer CONNECT with HTTP")
+    status = int(match.group(1))
+    reason = _PRINTABLE.sub("?", (match.group(2) or b"").decode("latin-1"))[:60]
+    target = _authority(host, port)
+    if status == 407:
+        what = "rejected the credentials" if proxy.username else "requires credentials"
+        raise EgressError(f"proxy {proxy.label} {what} (407 {reason})".rstrip())
+    if not 200 <= status <= 299:
+        raise EgressError(f"proxy {proxy.label} refused CONNECT to {target} ({status} {reason})")
+    if rest:
+        raise EgressError(f"proxy {proxy.label} sent data before the tunnel to {target} was used")
