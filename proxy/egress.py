@@ -25,7 +25,6 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
-from aiohttp import BasicAuth
 
 from proxy.schema import Node, Secret
 
@@ -162,10 +161,10 @@ def parse_proxy_url(text: str, *, default_port: int | None) -> ProxyTarget | str
 
 
 def _from_env(environ: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
-    # curl (lib/url.c detect_proxy): the lowercase name first, uppercase only when the lowercase
-    # one is not set at all; a set but empty variable means "no proxy"
+    # curl (lib/url.c detect_proxy, lib/getenv.c): the lowercase name first, the uppercase one
+    # when the lowercase one is unset; an empty variable counts as unset
     for name in names:
-        if name in environ:
+        if environ.get(name, "").strip():
             return name, environ[name]
     return None
 
@@ -196,7 +195,7 @@ def read_egress(
         ):
             found = _from_env(env, names)
             targets[scheme] = None
-            if found is not None and found[1].strip():
+            if found is not None:
                 target = parse_proxy_url(found[1], default_port=CURL_DEFAULT_PORT)
                 if isinstance(target, str):
                     node.error(key, f"env: {found[0]}: {target}")
@@ -226,22 +225,29 @@ def proxy_for(settings: EgressSettings, scheme: str, host: str) -> ProxyTarget |
 
 @dataclass(frozen=True)
 class SessionProxy:
-    """What aiohttp's ClientSession.request takes for one URL: `proxy=url, proxy_auth=auth`.
-    The password travels in `auth`, never in the URL (aiohttp quotes the URL in errors)."""
+    """What aiohttp's ClientSession.request needs to reach one URL through the proxy:
+    `proxy=url, proxy_headers=headers`, and `request_headers` merged into the request's own
+    headers. The password is never in the URL (aiohttp quotes URLs in its errors). For an
+    http:// URL aiohttp sends the request itself to the proxy (absolute form) and sends no
+    `proxy_headers` then, so the credentials ride in `request_headers`; for https:// they go
+    on the CONNECT request only, never to the partner."""
 
     url: str | None = None
-    auth: BasicAuth | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def session_proxy(settings: EgressSettings, scheme: str, host: str) -> SessionProxy:
     target = proxy_for(settings, scheme, host)
     if target is None:
         return SessionProxy()
-    auth = None
-    if target.username is not None:
-        password = target.password.reveal() if target.password else ""
-        auth = BasicAuth(target.username, password, encoding="utf-8")
-    return SessionProxy(target.url, auth)
+    credentials = target.authorization()
+    if credentials is None:
+        return SessionProxy(target.url)
+    header = {"Proxy-Authorization": credentials}
+    if scheme in ("https", "wss"):
+        return SessionProxy(target.url, header)
+    return SessionProxy(target.url, {}, header)
 
 
 async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: float) -> socket.socket:

@@ -3,8 +3,8 @@
 It speaks CONNECT (RFC 9110 9.3.6) and, for plain http:// URLs (how aiohttp sends a request for
 an http:// URL through a proxy), absolute-form requests (RFC 9112 3.2.2), one per connection.
 It records every target it was asked for, can demand Basic proxy credentials (407 otherwise),
-and can be told to refuse (403), to fail (close the connection mid-handshake), to answer
-garbage, or to say nothing at all. Loopback only.
+and can be told to refuse (403), to fail (close the connection mid-handshake, or reset it), to
+answer garbage, or to say nothing at all. Loopback only.
 
     python -m tests.connect_proxy --listen 127.0.0.1:3128 [--user U]   # password: $PROXY_PASSWORD
 """
@@ -17,11 +17,13 @@ import base64
 import contextlib
 import os
 import signal
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-Mode = Literal["tunnel", "refuse", "fail", "garbage", "silent"]
+Mode = Literal["tunnel", "refuse", "fail", "reset", "garbage", "silent"]
 _HEAD_LIMIT = 16 * 1024
 
 
@@ -104,7 +106,12 @@ class ConnectProxy:
         self.targets.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
         if self.mode == "fail":
-            writer.transport.abort()  # mid-handshake: no answer at all, a reset
+            return  # mid-handshake: the connection closes without an answer
+        if self.mode == "reset":
+            sock = writer.get_extra_info("socket")
+            # SO_LINGER with a zero timeout: close() sends RST instead of FIN (socket(7))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
             return
         if self.mode == "silent":
             await asyncio.sleep(3600)
@@ -130,9 +137,10 @@ class ConnectProxy:
                 self.tunnels += 1
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 await writer.drain()
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             else:
-                await _forward_head(method, target, headers, up_writer, up_reader, writer)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                _send_head(method, target, headers, up_writer)
+                await asyncio.gather(_pipe(reader, up_writer), _relay_answer(up_reader, writer))
         finally:
             up_writer.close()
             with contextlib.suppress(OSError, asyncio.CancelledError):
@@ -155,27 +163,24 @@ async def _answer(writer: asyncio.StreamWriter, status: int, reason: str, extra:
     await writer.drain()
 
 
-async def _forward_head(
-    method: str,
-    target: str,
-    headers: list[tuple[str, str]],
-    up_writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+def _send_head(
+    method: str, target: str, headers: list[tuple[str, str]], up_writer: asyncio.StreamWriter
 ) -> None:
     """An absolute-form request goes on in origin-form, one per connection: both heads get
-    `Connection: close`, so each side reads the body until the close."""
+    `Connection: close`, so each side reads the answer until the close."""
     parts = urlsplit(target)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     drop = {"proxy-authorization", "proxy-connection", "connection", "keep-alive"}
     kept = [f"{n}: {v}" for n, v in headers if n.lower() not in drop]
     request = [f"{method} {path} HTTP/1.1", *kept, "Connection: close", "", ""]
     up_writer.write("\r\n".join(request).encode("latin-1"))
-    await up_writer.drain()
+
+
+async def _relay_answer(up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     answer = (await up_reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     out = [line for line in answer[:-2] if not line.lower().startswith("connection:")]
     writer.write("\r\n".join([*out, "Connection: close", "", ""]).encode("latin-1"))
-    await writer.drain()
+    await _pipe(up_reader, writer)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
