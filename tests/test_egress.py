@@ -129,6 +129,28 @@ async def test_tls_through_the_tunnel_is_verified_end_to_end_and_the_proxy_recor
     assert proxy.tunnels == 1
 
 
+async def test_keep_alive_requests_on_a_tunnelled_connection_cost_one_connect(
+    connect_proxy: StartProxy, tls_upstream: int, client_tls: ssl.SSLContext
+) -> None:
+    proxy = await connect_proxy()
+    sock = await open_tunnel(target_of(proxy), "localhost", tls_upstream, timeout=5)
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.create_connection(
+        lambda: ResponseHandler(loop), sock=sock, ssl=client_tls, server_hostname="localhost"
+    )
+    try:
+        for i in range(5):
+            conn.set_response_params(read_until_eof=False)
+            transport.write(f"GET /{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            message, payload = await conn.read()
+            assert (message.code, await payload.read()) == (200, f"hello /{i}".encode())
+            assert not message.should_close
+    finally:
+        transport.close()
+    assert proxy.targets == [f"localhost:{tls_upstream}"]
+    assert proxy.tunnels == 1
+
+
 async def test_a_partner_certificate_from_another_ca_fails_through_the_tunnel(
     connect_proxy: StartProxy,
     aiohttp_server: Callable[..., Awaitable[Any]],
