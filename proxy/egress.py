@@ -25,6 +25,7 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
+from aiohttp import ClientHttpProxyError, ClientProxyConnectionError
 
 from proxy.schema import Node, Secret
 
@@ -187,6 +188,7 @@ def read_egress(
     if text == "env":
         env = os.environ if environ is None else environ
         targets: dict[str, ProxyTarget | None] = {}
+        reported: set[str] = set()  # a bad ALL_PROXY is said once, not once per scheme
         # http_proxy has no uppercase form in curl: CGI servers put a request's `Proxy:` header
         # in HTTP_PROXY ("httpoxy", CVE-2016-5385)
         for scheme, names in (
@@ -198,7 +200,9 @@ def read_egress(
             if found is not None:
                 target = parse_proxy_url(found[1], default_port=CURL_DEFAULT_PORT)
                 if isinstance(target, str):
-                    node.error(key, f"env: {found[0]}: {target}")
+                    if found[0] not in reported:
+                        node.error(key, f"env: {found[0]}: {target}")
+                    reported.add(found[0])
                 else:
                     targets[scheme] = target
         no_proxy = _from_env(env, ("no_proxy", "NO_PROXY"))
@@ -235,6 +239,24 @@ class SessionProxy:
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     request_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    label: str | None = None  # host:port of the proxy, for messages
+
+    def failure(self, exc: BaseException) -> str | None:
+        """What went wrong, naming the proxy, for an aiohttp error raised on a request sent
+        through it (None for a direct request). aiohttp cannot tell a proxy that dropped the
+        connection from a partner that did, so such a failure says "through proxy"."""
+        if self.label is None:
+            return None
+        if isinstance(exc, ClientHttpProxyError):
+            reason = _PRINTABLE.sub("?", exc.message)[:60]
+            if exc.status == 407:
+                return f"proxy {self.label} refused the credentials (407 {reason})"
+            return f"proxy {self.label} refused CONNECT ({exc.status} {reason})"
+        if isinstance(exc, ClientProxyConnectionError):
+            return f"cannot connect to proxy {self.label}"
+        if isinstance(exc, TimeoutError):
+            return f"no answer in time through proxy {self.label}"
+        return f"the connection through proxy {self.label} failed ({type(exc).__name__})"
 
 
 def session_proxy(settings: EgressSettings, scheme: str, host: str) -> SessionProxy:
@@ -243,11 +265,11 @@ def session_proxy(settings: EgressSettings, scheme: str, host: str) -> SessionPr
         return SessionProxy()
     credentials = target.authorization()
     if credentials is None:
-        return SessionProxy(target.url)
+        return SessionProxy(target.url, label=target.label)
     header = {"Proxy-Authorization": credentials}
     if scheme in ("https", "wss"):
-        return SessionProxy(target.url, header)
-    return SessionProxy(target.url, {}, header)
+        return SessionProxy(target.url, header, label=target.label)
+    return SessionProxy(target.url, {}, header, label=target.label)
 
 
 async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: float) -> socket.socket:

@@ -153,7 +153,7 @@ def read_tls(node: Node, key: str = "tls") -> TlsSettings | None:
     encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
     if password is not None:
         encryption = serialization.BestAvailableEncryption(password.reveal().encode("utf-8"))
-    return TlsSettings(
+    settings = TlsSettings(
         subject=leaf.subject.rfc4514_string(),
         cert_pem=b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain),
         key_pem=private_key.private_bytes(
@@ -162,6 +162,12 @@ def read_tls(node: Node, key: str = "tls") -> TlsSettings | None:
         key_password=password,
         ca_pem=ca_pem,
     )
+    try:  # what cryptography reads, OpenSSL may still refuse: say so now, not at first use
+        client_context(settings)
+    except ssl.SSLError as exc:
+        tnode.error("cert", f"OpenSSL cannot use this certificate and key: {exc.reason or exc}")
+        return None
+    return settings
 
 
 @contextlib.contextmanager

@@ -336,6 +336,39 @@ async def test_a_token_request_goes_through_the_proxy_with_session_proxy(
 async def test_session_proxy_is_empty_for_a_direct_connection() -> None:
     via = session_proxy(DIRECT, "https", "auth.example")
     assert via == SessionProxy()
+    assert via.failure(aiohttp.ClientConnectionError()) is None
+
+
+@pytest.mark.parametrize(
+    "mode, user, expected",
+    [
+        ("refuse", None, "proxy {label} refused CONNECT (403 Forbidden)"),
+        (
+            "tunnel",
+            "corp",
+            "proxy {label} refused the credentials (407 Proxy Authentication Required)",
+        ),
+        ("reset", None, "the connection through proxy {label} failed (ClientOSError)"),
+        ("dead", None, "cannot connect to proxy {label}"),
+    ],
+)
+async def test_a_token_request_through_a_failing_proxy_is_described_naming_it(
+    connect_proxy: StartProxy, direct: Accepts, mode: str, user: str | None, expected: str
+) -> None:
+    port = await direct.start()
+    if mode == "dead":
+        target = ProxyTarget("127.0.0.1", free_port())
+    else:
+        proxy = await connect_proxy(mode, user=user, password=PROXY_PASSWORD)
+        target = target_of(proxy)
+    via = session_proxy(EgressSettings("url", target, target), "https", "127.0.0.1")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError) as caught:
+            await session.post(
+                f"https://127.0.0.1:{port}/token", proxy=via.url, proxy_headers=via.headers
+            )
+    assert via.failure(caught.value) == expected.format(label=target.label)
+    assert direct.count == 0
 
 
 # --- reading egress_proxy ------------------------------------------------------------------
@@ -401,6 +434,11 @@ def test_a_bad_proxy_variable_is_a_config_error_naming_the_variable() -> None:
         "test.yaml: providers.bank.egress_proxy: env: HTTPS_PROXY: a socks5h:// proxy is not "
         "supported; expected http://[user:pass@]host:port (an HTTP proxy that speaks CONNECT)"
     ]
+
+
+def test_a_bad_all_proxy_is_reported_once() -> None:
+    _, problems = read({"egress_proxy": "env"}, {"ALL_PROXY": "ftp://proxy.corp:21"})
+    assert len(problems) == 1 and "env: ALL_PROXY: a ftp:// proxy is not supported" in problems[0]
 
 
 def test_a_proxy_variable_without_scheme_or_port_is_read_as_curl_does() -> None:

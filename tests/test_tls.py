@@ -3,6 +3,7 @@ context built from it passes a real TLS handshake with a server that requires on
 
 from __future__ import annotations
 
+import datetime
 import os
 import ssl
 import tempfile
@@ -15,7 +16,10 @@ import pytest
 import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from proxy.schema import Node, Problems
 from proxy.tls import TlsSettings, client_context, read_tls
@@ -309,3 +313,36 @@ def test_loading_leaves_no_key_file_and_no_open_descriptor(pems: dict[str, str])
         client_context(settings)
     assert set(os.listdir("/proc/self/fd")) == before
     assert set(os.listdir(tempfile.gettempdir())) == tmp_before
+
+
+def test_a_key_openssl_refuses_is_a_config_error_too(tmp_path: Path) -> None:
+    # cryptography reads a 1024-bit RSA key, but OpenSSL's default security level (2: at
+    # least 112 bits of security, RSA >= 2048; SSL_CTX_set_security_level(3)) refuses it
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "weak.crt", tmp_path / "weak.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    settings, problems = read({"cert": str(cert_path), "key": str(key_path)})
+    assert settings is None
+    assert problems == [
+        "test.yaml: providers.bank.tls.cert: OpenSSL cannot use this certificate and key: "
+        "EE_KEY_TOO_SMALL"
+    ]
