@@ -1,5 +1,5 @@
-"""Egress through a corporate HTTP proxy (SPEC 5.3): which proxy a connection takes, and the
-CONNECT tunnel through it.
+"""Egress through a corporate HTTP proxy (SPEC 5.3): which proxy a connection takes, and
+what aiohttp needs to use it; the CONNECT tunnel itself is proxy/tunnel.py (re-exported here).
 
 Rules:
 - `egress_proxy` is `none` (the default: direct), `env` (curl's variables, read when the config
@@ -13,58 +13,32 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import ipaddress
 import os
-import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-import aiohappyeyeballs
 from aiohttp import ClientHttpProxyError, ClientProxyConnectionError
 
 from proxy.schema import Node, Secret
+from proxy.tunnel import UNPRINTABLE, EgressError, ProxyTarget, open_tunnel
 
-HEAD_LIMIT: Final = 16 * 1024  # the proxy's answer head; more is not a proxy talking HTTP
+__all__ = [
+    "DIRECT",
+    "EgressError",
+    "EgressSettings",
+    "NoProxy",
+    "ProxyTarget",
+    "SessionProxy",
+    "open_tunnel",
+    "proxy_for",
+    "read_egress",
+    "session_proxy",
+]
+
 CURL_DEFAULT_PORT: Final = 1080  # curl: a proxy variable without a port (CURLOPT_PROXYPORT)
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?")
-_PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
-
-
-class EgressError(ConnectionError):
-    """The egress proxy refused or failed. The message names the proxy (host:port, never its
-    credentials) and what happened; callers answer 502 `upstream_unreachable` with it."""
-
-
-@dataclass(frozen=True)
-class ProxyTarget:
-    """One HTTP proxy. Only `host:port` ever shows (`label`, repr)."""
-
-    host: str
-    port: int
-    username: str | None = field(default=None, repr=False)
-    password: Secret | None = field(default=None, repr=False)
-
-    @property
-    def label(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """The proxy's URL without credentials (aiohttp's `proxy=`)."""
-        return f"http://{self.label}"
-
-    def authorization(self) -> str | None:
-        """`Proxy-Authorization` value: Basic (RFC 9110 11.7.1, RFC 7617 2 with UTF-8)."""
-        if self.username is None:
-            return None
-        password = self.password.reveal() if self.password is not None else ""
-        pair = f"{self.username}:{password}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -248,7 +222,7 @@ class SessionProxy:
         if self.label is None:
             return None
         if isinstance(exc, ClientHttpProxyError):
-            reason = _PRINTABLE.sub("?", exc.message)[:60]
+            reason = UNPRINTABLE.sub("?", exc.message)[:60]
             if exc.status == 407:
                 return f"proxy {self.label} refused the credentials (407 {reason})"
             return f"proxy {self.label} refused CONNECT ({exc.status} {reason})"
@@ -270,95 +244,3 @@ def session_proxy(settings: EgressSettings, scheme: str, host: str) -> SessionPr
     if scheme in ("https", "wss"):
         return SessionProxy(target.url, header, label=target.label)
     return SessionProxy(target.url, {}, header, label=target.label)
-
-
-async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: float) -> socket.socket:
-    """A TCP connection to `host:port` through `proxy` (RFC 9110 9.3.6 CONNECT): a connected,
-    non-blocking socket on which nothing has been read past the proxy's answer, for
-    `loop.create_connection(..., sock=sock, ssl=ctx, server_hostname=host)`."""
-    loop = asyncio.get_running_loop()
-    sock: socket.socket | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            try:
-                infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
-                sock = await aiohappyeyeballs.start_connection(
-                    infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
-                )
-            except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
-                raise EgressError(f"cannot connect to proxy {proxy.label}: {reason}") from None
-            await loop.sock_sendall(sock, _connect_request(proxy, host, port))
-            head = await _read_head(loop, sock, proxy)
-    except TimeoutError:
-        if sock is not None:
-            sock.close()
-        raise EgressError(
-            f"proxy {proxy.label} did not open a tunnel to {_authority(host, port)} "
-            f"within {timeout:g} s"
-        ) from None
-    except BaseException:
-        if sock is not None:
-            sock.close()
-        raise
-    try:
-        _check_answer(head, proxy, host, port)
-    except EgressError:
-        sock.close()
-        raise
-    return sock
-
-
-def _authority(host: str, port: int) -> str:
-    # RFC 9110 9.3.6: CONNECT's target is authority-form, uri-host ":" port; IPv6 in brackets;
-    # an internationalized name goes as its A-label (RFC 5890)
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _connect_request(proxy: ProxyTarget, host: str, port: int) -> bytes:
-    authority = _authority(host, port)
-    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
-    credentials = proxy.authorization()
-    if credentials is not None:
-        lines.append(f"Proxy-Authorization: {credentials}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-
-
-async def _read_head(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, proxy: ProxyTarget
-) -> bytes:
-    """The answer's head, read byte-exact: a proxy sends nothing after a 2xx head until the
-    client speaks (TLS's ClientHello comes first), so anything more is a broken proxy."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        if len(data) > HEAD_LIMIT:
-            raise EgressError(f"proxy {proxy.label} sent an answer head over {HEAD_LIMIT} bytes")
-        try:
-            chunk = await loop.sock_recv(sock, 4096)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise EgressError(f"proxy {proxy.label} failed during CONNECT: {reason}") from None
-        if not chunk:
-            raise EgressError(f"proxy {proxy.label} closed the connection during CONNECT")
-        data += chunk
-    return data
-
-
-def _check_answer(data: bytes, proxy: ProxyTarget, host: str, port: int) -> None:
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0]
-    match = _STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise EgressError(f"proxy {proxy.label} did not answer CONNECT with HTTP")
-    status = int(match.group(1))
-    reason = _PRINTABLE.sub("?", (match.group(2) or b"").decode("latin-1"))[:60]
-    target = _authority(host, port)
-    if status == 407:
-        what = "rejected the credentials" if proxy.username else "requires credentials"
-        raise EgressError(f"proxy {proxy.label} {what} (407 {reason})".rstrip())
-    if not 200 <= status <= 299:
-        raise EgressError(f"proxy {proxy.label} refused CONNECT to {target} ({status} {reason})")
-    if rest:
-        raise EgressError(f"proxy {proxy.label} sent data before the tunnel to {target} was used")
