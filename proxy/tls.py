@@ -143,11 +143,20 @@ def read_tls(node: Node, key: str = "tls") -> TlsSettings | None:
     if private_key is None:
         return None
     leaf = chain[0]
-    if private_key.public_key().public_bytes(*_SPKI) != leaf.public_key().public_bytes(*_SPKI):
+    spki = private_key.public_key().public_bytes(*_SPKI)
+    if spki != leaf.public_key().public_bytes(*_SPKI):
+        # RFC 8446 4.4.2: the sender's own certificate comes first, then the ones certifying it
+        owner = next((c for c in chain[1:] if c.public_key().public_bytes(*_SPKI) == spki), None)
+        where = f"{cert_where} (subject {leaf.subject.rfc4514_string()})"
         tnode.error(
-            "key",
-            f"the private key in {key_where} does not belong to the certificate in "
-            f"{cert_where} (subject {leaf.subject.rfc4514_string()}): their public keys differ",
+            "key" if key_value else "cert",
+            f"the private key in {key_where} does not belong to the first certificate in {where}"
+            + (
+                f": the certificate of {owner.subject.rfc4514_string()} must come first, "
+                "then its chain"
+                if owner is not None
+                else ": their public keys differ"
+            ),
         )
         return None
     encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()

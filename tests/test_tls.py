@@ -158,7 +158,7 @@ def _case_files(tmp: Path, leaf: trustme.LeafCert, other: trustme.LeafCert) -> d
         (
             {"key": "other_key"},
             "tls.key",
-            "the private key in {other_key} does not belong to the certificate",
+            "the private key in {other_key} does not belong to the first certificate",
         ),
         ({"ca_file": "garbage"}, "tls.ca_file", "{garbage} holds no PEM certificate"),
         ({"ca_file": "missing"}, "tls.ca_file", "cannot read {missing}"),
@@ -213,6 +213,18 @@ def test_errors_about_inline_pems_never_quote_them(
     assert "the private key in the inline PEM does not belong" in problems[0]
     body = other_key.splitlines()[1]
     assert body not in problems[0] and "PRIVATE KEY" not in problems[0]
+
+
+def test_a_chain_with_the_client_certificate_not_first_says_so(
+    tmp_path: Path, client_cert: trustme.LeafCert, client_ca: trustme.CA, pems: dict[str, str]
+) -> None:
+    wrong_order = tmp_path / "chain.pem"
+    wrong_order.write_bytes(client_ca.cert_pem.bytes() + client_cert.cert_chain_pems[0].bytes())
+    settings, problems = read({**pems, "cert": str(wrong_order)})
+    assert settings is None
+    assert len(problems) == 1
+    assert f"the certificate of CN={CLIENT_CN}" in problems[0]
+    assert problems[0].endswith("must come first, then its chain")
 
 
 def test_the_private_key_never_shows_in_a_repr(pems: dict[str, str]) -> None:
