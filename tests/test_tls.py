@@ -3,6 +3,7 @@ context built from it passes a real TLS handshake with a server that requires on
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import ssl
@@ -21,8 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from proxy.egress import ProxyTarget, open_tunnel
 from proxy.schema import Node, Problems
 from proxy.tls import TlsSettings, client_context, read_tls
+from tests.connect_proxy import ConnectProxy
 
 CLIENT_CN = "keyhop-client.example"
 PASSWORD = "pem-pass-phrase-7"
@@ -358,3 +361,35 @@ def test_a_key_openssl_refuses_is_a_config_error_too(tmp_path: Path) -> None:
         "test.yaml: providers.bank.tls.cert: OpenSSL cannot use this certificate and key: "
         "EE_KEY_TOO_SMALL"
     ]
+
+
+async def test_the_client_certificate_reaches_the_partner_through_an_egress_tunnel(
+    mtls_server: str, pems: dict[str, str]
+) -> None:
+    # TLS is end to end: the proxy only relays, the partner sees keyhop's client certificate
+    settings, _ = read(pems)
+    context = client_context(settings)
+    proxy = await ConnectProxy().start()
+    try:
+        port = int(mtls_server.split(":")[2].split("/")[0])
+        # the request path: open_tunnel, then TLS over the tunnel's socket
+        sock = await open_tunnel(ProxyTarget(proxy.host, proxy.port), "127.0.0.1", port, timeout=5)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=context, server_hostname="127.0.0.1"
+        )
+        writer.write(b"GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b'{"cn": "' + CLIENT_CN.encode() + b'"}')
+        # the token client: aiohttp through the same proxy
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(mtls_server, ssl=context, proxy=proxy.url) as resp,
+        ):
+            assert (await resp.json()) == {"cn": CLIENT_CN}
+    finally:
+        await proxy.stop()
+    assert proxy.targets == [f"127.0.0.1:{port}"] * 2
+    assert proxy.tunnels == 2
