@@ -17,7 +17,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import unquote, urlsplit
 
 from aiohttp import ClientHttpProxyError, ClientProxyConnectionError
@@ -89,9 +89,10 @@ class NoProxy:
 
 @dataclass(frozen=True)
 class EgressSettings:
-    """Where one provider's connections go. `mode` is none, env or url."""
+    """Where one provider's connections go. With `url` every connection takes the proxy
+    (NO_PROXY is for `env` only: an explicit proxy is an explicit choice)."""
 
-    mode: str = "none"
+    mode: Literal["none", "env", "url"] = "none"
     https: ProxyTarget | None = None
     http: ProxyTarget | None = None
     no_proxy: NoProxy = NoProxy()
