@@ -70,9 +70,12 @@ async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: floa
                     infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
                 )
             except OSError as exc:
-                reason = exc.strerror or type(exc).__name__
-                raise EgressError(f"cannot connect to proxy {proxy.label}: {reason}") from None
-            await loop.sock_sendall(sock, _connect_request(proxy, host, port))
+                raise EgressError(f"cannot connect to proxy {proxy.label}: {_why(exc)}") from None
+            try:
+                await loop.sock_sendall(sock, _connect_request(proxy, host, port))
+            except OSError as exc:
+                failed = f"proxy {proxy.label} failed during CONNECT: {_why(exc)}"
+                raise EgressError(failed) from None
             head = await _read_head(loop, sock, proxy)
     except TimeoutError:
         if sock is not None:
@@ -91,6 +94,10 @@ async def open_tunnel(proxy: ProxyTarget, host: str, port: int, *, timeout: floa
         sock.close()
         raise
     return sock
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _authority(host: str, port: int) -> str:
@@ -122,8 +129,7 @@ async def _read_head(
         try:
             chunk = await loop.sock_recv(sock, 4096)
         except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise EgressError(f"proxy {proxy.label} failed during CONNECT: {reason}") from None
+            raise EgressError(f"proxy {proxy.label} failed during CONNECT: {_why(exc)}") from None
         if not chunk:
             raise EgressError(f"proxy {proxy.label} closed the connection during CONNECT")
         data += chunk
@@ -138,11 +144,12 @@ def _check_answer(data: bytes, proxy: ProxyTarget, host: str, port: int) -> None
         raise EgressError(f"proxy {proxy.label} did not answer CONNECT with HTTP")
     status = int(match.group(1))
     reason = UNPRINTABLE.sub("?", (match.group(2) or b"").decode("latin-1"))[:60]
+    answer = f"{status} {reason}".rstrip()  # the proxy's own words, printable and short
     target = _authority(host, port)
     if status == 407:
         what = "rejected the credentials" if proxy.username else "requires credentials"
-        raise EgressError(f"proxy {proxy.label} {what} (407 {reason})".rstrip())
+        raise EgressError(f"proxy {proxy.label} {what} ({answer})")
     if not 200 <= status <= 299:
-        raise EgressError(f"proxy {proxy.label} refused CONNECT to {target} ({status} {reason})")
+        raise EgressError(f"proxy {proxy.label} refused CONNECT to {target} ({answer})")
     if rest:
         raise EgressError(f"proxy {proxy.label} sent data before the tunnel to {target} was used")

@@ -254,8 +254,10 @@ async def _fake_proxy(answer: bytes) -> asyncio.Server:
             b"HTTP/1.1 302 Found\r\nLocation: /\r\n\r\n",
             "refused CONNECT to 127.0.0.1:9 (302 Found)",
         ),
+        (b"HTTP/1.1 407\r\n\r\n", "requires credentials (407)"),
+        (b"HTTP/1.1 403 \x1b[31mno\r\n\r\n", "refused CONNECT to 127.0.0.1:9 (403 ?[31mno)"),
     ],
-    ids=["an endless head", "bytes after the 200", "a redirect"],
+    ids=["an endless head", "bytes after the 200", "a redirect", "no reason", "control chars"],
 )
 async def test_answers_that_are_not_an_open_tunnel_are_egress_errors(
     answer: bytes, expected: str
