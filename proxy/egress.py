@@ -78,6 +78,8 @@ class NoProxy:
     def matches(self, host: str) -> bool:
         if self.everything:
             return True
+        if not (self.names or self.networks):
+            return False
         host = host.strip("[]")
         try:
             address = ipaddress.ip_address(host)
@@ -96,6 +98,10 @@ class EgressSettings:
     https: ProxyTarget | None = None
     http: ProxyTarget | None = None
     no_proxy: NoProxy = NoProxy()
+    #: (scheme, host) -> proxy_for's answer: NO_PROXY matching costs ~10 us, a lookup ~0.1 us
+    _answers: dict[tuple[str, str], ProxyTarget | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def secrets(self) -> set[str]:
         """The proxy passwords, for the config's redaction list."""
@@ -196,9 +202,17 @@ def read_egress(
 
 def proxy_for(settings: EgressSettings, scheme: str, host: str) -> ProxyTarget | None:
     """The proxy a connection to `scheme://host` goes through, or None for a direct one."""
+    key = (scheme, host)
+    try:
+        return settings._answers[key]
+    except KeyError:
+        pass
     target = settings.https if scheme in ("https", "wss") else settings.http
-    if target is None or settings.no_proxy.matches(host):
-        return None
+    if target is not None and settings.no_proxy.matches(host):
+        target = None
+    if len(settings._answers) >= 1024:  # hosts come from the config, but stay bounded
+        settings._answers.clear()
+    settings._answers[key] = target
     return target
 
 
