@@ -59,7 +59,12 @@ def _serve_upstream(port: int, cert: str, key: str) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
 
-    asyncio.run(main())
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
 
 
 def _wait_port(port: int) -> None:
