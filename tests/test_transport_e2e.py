@@ -147,3 +147,34 @@ async def test_a_failing_proxy_is_502_upstream_unreachable_naming_it_and_nothing
     assert f"proxy {proxy.label}" in body["message"]
     assert PROXY_PASSWORD not in body["message"]
     assert_no_secrets([keyhop.logs()], [PROXY_PASSWORD])
+
+
+async def test_a_proxy_refusing_the_token_endpoint_is_502_naming_it(
+    tmp_path: Path,
+    bank: str,
+    ca_file: str,
+    client_pems: dict[str, str],
+    processes: Callable[..., KeyhopProcess],
+) -> None:
+    proxy = await ConnectProxy(mode="refuse").start()
+    try:
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{bank}/oauth/token",
+            "client_id": "bank-client",
+            "client_secret": CLIENT_SECRET,
+        }
+        path = config(tmp_path, bank, proxy, ca_file, auth, tls=client_pems)
+        keyhop = processes(path, env={"PROXY_PASSWORD": PROXY_PASSWORD})
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{keyhop.url}/bank/api/whoami") as resp,
+        ):
+            body = await resp.json()
+    finally:
+        await proxy.stop()
+    # 502 like every token endpoint failure, backed off like one (SPEC 4.4), naming the proxy
+    assert (resp.status, body["error"]) == (502, "credential_error")
+    assert f"proxy {proxy.label} refused CONNECT (403 Forbidden)" in body["message"]
+    assert proxy.targets == [bank.split("//")[1]]  # the token endpoint's; nothing went direct
+    assert_no_secrets([keyhop.logs(), body["message"]], [PROXY_PASSWORD, CLIENT_SECRET])
