@@ -121,10 +121,10 @@ def read_tls(node: Node, key: str = "tls") -> TlsSettings | None:
                 ca_pem = ca_data.decode("ascii")
             except (ValueError, UnicodeDecodeError):
                 tnode.error("ca_file", f"{_source(ca_value)} holds no PEM certificate")
-    if cert_value is None:
-        return None
-    cert_data = _read_pem(tnode, "cert", cert_value)
-    if cert_data is None:
+    # both files are read before either is judged: every problem is listed at once
+    cert_data = _read_pem(tnode, "cert", cert_value) if cert_value is not None else None
+    key_data = _read_pem(tnode, "key", key_value.reveal()) if key_value is not None else None
+    if cert_value is None or cert_data is None:
         return None
     cert_where = _source(cert_value)
     try:
@@ -134,7 +134,6 @@ def read_tls(node: Node, key: str = "tls") -> TlsSettings | None:
         return None
     if key_value is not None:
         key_where = _source(key_value.reveal())
-        key_data = _read_pem(tnode, "key", key_value.reveal())
     else:  # one combined file: the certificate's PEM carries the key too
         key_where, key_data = cert_where, cert_data
     if key_data is None:

@@ -207,6 +207,17 @@ def test_bad_client_certificates_are_located_config_errors(
     assert any(p.startswith(wanted) for p in problems), problems
 
 
+def test_an_unreadable_key_is_reported_beside_a_bad_certificate(
+    tmp_path: Path, pems: dict[str, str]
+) -> None:
+    (tmp_path / "bad.pem").write_text("not a PEM\n")
+    missing = str(tmp_path / "missing.key")
+    _, problems = read({"cert": str(tmp_path / "bad.pem"), "key": missing})
+    where = {p.split(": ", 2)[1]: p for p in problems}
+    assert sorted(where) == ["providers.bank.tls.cert", "providers.bank.tls.key"]
+    assert f"cannot read {missing}: No such file" in where["providers.bank.tls.key"]
+
+
 def test_errors_about_inline_pems_never_quote_them(
     client_cert: trustme.LeafCert, client_ca: trustme.CA
 ) -> None:
