@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.egress import read_egress
 from proxy.errors import ConfigError
 from proxy.interpolation import interpolate
 from proxy.providers import DEFAULT_REPLAY_MAX_BYTES, ProviderConfig, read_provider
@@ -204,6 +205,7 @@ def parse_config(
             )
         seen.setdefault(route.prefix, i)
 
+    egress = read_egress(root)
     pnode = root.child("providers")
     providers: dict[str, ProviderConfig] = {}
     for name in pnode.raw:
@@ -216,7 +218,7 @@ def parse_config(
             continue
         first = next((r for r in routes if r.provider == name), None)
         base = first.upstream.origin if first else None
-        parsed = read_provider(str(name), pnode.raw[name], base, problems, root)
+        parsed = read_provider(str(name), pnode.raw[name], base, problems, root, egress)
         if parsed is not None:
             providers[str(name)] = parsed
     for i, route in enumerate(routes):
@@ -263,6 +265,9 @@ def parse_config(
                 secrets.update(v.reveal() for v in value.values() if isinstance(v, Secret))
         if provider.sign is not None:
             secrets.update(s for s in provider.sign.secrets() if s)
+        if provider.tls is not None:
+            secrets.update(provider.tls.secrets())
+        secrets.update(provider.egress.secrets())
     return Config(
         source=source,
         listen=listen,

@@ -10,6 +10,7 @@ import aiohttp
 from yarl import URL
 
 from proxy.auth import CredentialFlow
+from proxy.egress import SessionProxy, session_proxy
 from proxy.errors import CredentialError
 from proxy.messages import HttpRequest, HttpResponse
 from proxy.providers import ProviderConfig
@@ -46,26 +47,37 @@ async def _send_flow_request(
 ) -> HttpResponse:
     url = URL(request.url)
     read = prt.config.timeouts.read if prt else 30.0
+    # through the provider's egress proxy when it has one (SPEC 5.3), never around it
+    via = session_proxy(prt.config.egress, url.scheme, url.host or "") if prt else SessionProxy()
     try:
         async with (
             asyncio.timeout(read),
             kh.http.request(
                 request.method,
                 url,
-                headers=dict(request.headers),
+                headers={**request.headers, **via.request_headers},
                 data=request.body,
                 allow_redirects=False,
                 ssl=prt.ssl if prt else True,
                 timeout=prt.timeout if prt else aiohttp.ClientTimeout(total=30),
+                proxy=via.url,
+                proxy_headers=via.headers or None,
             ) as response,
         ):
             body = await response.content.read(MAX_TOKEN_RESPONSE)
             return HttpResponse(response.status, dict(response.headers), body)
-    except TimeoutError:
-        raise CredentialError(
-            f"token endpoint of {provider} ({url.host}) timed out", provider=provider
-        ) from None
-    except aiohttp.ClientError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # a CredentialError either way (502 credential_error), so that a failing token
+        # endpoint, or the proxy in front of it, is backed off like any other (SPEC 4.4)
+        failure = via.failure(exc)
+        if failure is not None:
+            raise CredentialError(
+                f"token endpoint of {provider} ({url.host}): {failure}", provider=provider
+            ) from None
+        if isinstance(exc, TimeoutError):
+            raise CredentialError(
+                f"token endpoint of {provider} ({url.host}) timed out", provider=provider
+            ) from None
         raise CredentialError(
             f"token endpoint of {provider} ({url.host}) unreachable: {type(exc).__name__}",
             provider=provider,

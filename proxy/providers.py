@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.auth import AuthScheme, SchemeContext, build_scheme
+from proxy.egress import DIRECT, EgressSettings, read_egress
 from proxy.headers import CONTROL_CHARS, FIELD_NAME
 from proxy.outbound import HeaderTemplate, compile_template
 from proxy.presets import PRESETS, merge
 from proxy.schema import Node, Problems, Secret, describe
 from proxy.signers import Signer, SignerSetup, build_signer
+from proxy.tls import TlsSettings, read_tls
 
 DEFAULT_REPLAY_MAX_BYTES: Final = 1024 * 1024
 TENANT_RULE: Final = "a tenant id is 1-128 characters of A-Z a-z 0-9 . _ ~ -"
@@ -63,6 +65,8 @@ class ProviderConfig:
     timeouts: Timeouts = Timeouts()
     ca_file: str | None = None
     sign: Signer | None = None
+    tls: TlsSettings | None = None  # a client certificate (SPEC 5.3)
+    egress: EgressSettings = DIRECT  # how its connections leave (SPEC 5.3)
     tenants: bool = False
     default_tenant: str | None = None
     replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES
@@ -111,7 +115,12 @@ def _read_matches(node: Node, key: str, default: list[Any]) -> tuple[ResponseMat
 
 
 def read_provider(
-    name: str, raw: Any, base_url: str | None, problems: Problems, defaults: Node
+    name: str,
+    raw: Any,
+    base_url: str | None,
+    problems: Problems,
+    defaults: Node,
+    egress: EgressSettings = DIRECT,
 ) -> ProviderConfig | None:
     path = f"providers.{name}"
     preset_name = raw.get("preset") if isinstance(raw, Mapping) else None
@@ -132,7 +141,10 @@ def read_provider(
     node = Node(raw, path, problems)
     node.get("preset")
     base = node.url("base_url") or base_url
-    ctx = SchemeContext(provider=name, base_url=base)
+    # the transport first: tls_client_auth needs to know that a certificate will be shown
+    tls = read_tls(node)
+    provider_egress = read_egress(node, inherit=egress)
+    ctx = SchemeContext(provider=name, base_url=base, client_certificate=tls is not None)
     scheme = build_scheme(node.child("auth"), ctx)
 
     vars_node = node.child("vars")
@@ -223,6 +235,8 @@ def read_provider(
         timeouts=timeouts,
         ca_file=ca_file,
         sign=sign,
+        tls=tls,
+        egress=provider_egress,
         tenants=node.boolean("tenants", False),
         default_tenant=default_tenant,
         replay_max_bytes=node.integer(

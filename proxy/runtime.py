@@ -21,6 +21,7 @@ from proxy.ratelimit import Limiter
 from proxy.routing import RouteTable
 from proxy.schema import Redactor
 from proxy.store import Store
+from proxy.tls import client_context
 from proxy.token_cache import CredentialManager
 from proxy.upstream import UpstreamPool
 
@@ -43,7 +44,10 @@ class ProviderRuntime:
         self.inject = Injector(self.config.headers, self.config.scheme, self.config.sign)
 
 
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext | bool:
+def _ssl_context(provider: ProviderConfig) -> ssl.SSLContext | bool:
+    if provider.tls is not None:
+        return client_context(provider.tls, provider.ca_file)  # mTLS (SPEC 5.3)
+    ca_file = provider.ca_file
     if ca_file is None:
         return True  # aiohttp's default: verified against the system trust store
     context = ssl.create_default_context(cafile=ca_file)
@@ -66,7 +70,7 @@ class Runtime:
         self.providers = {
             name: ProviderRuntime(
                 p,
-                _ssl_context(p.ca_file),
+                _ssl_context(p),
                 # for token-endpoint calls (ClientSession); their read timeout is an
                 # asyncio.timeout around the call in forward.py. The request path
                 # (proxy/upstream.py) takes the connect timeout directly.

@@ -10,6 +10,7 @@ from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.egress import session_proxy
 from proxy.errors import UpstreamRefusedUpgrade, UpstreamUnreachable
 from proxy.outbound import Outbound
 from proxy.runtime import Keyhop, ProviderRuntime
@@ -37,9 +38,13 @@ async def relay_websocket(
         if p.strip()
     ]
     try:
+        via = session_proxy(prt.config.egress, url.scheme, url.host or "")
+        headers.update(via.request_headers)
         ws = await kh.http.ws_connect(
             url,
             headers=headers,
+            proxy=via.url,
+            proxy_headers=via.headers or None,
             protocols=protocols,
             ssl=prt.ssl,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
