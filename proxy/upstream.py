@@ -20,30 +20,27 @@ import ipaddress
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohappyeyeballs
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
+from proxy.http1 import BadUpstreamAnswer
 from proxy.routing import Upstream
+
+__all__ = ["BadUpstreamAnswer", "RequestBodyLost", "UnsafeHeader", "UpstreamPool"]
 
 PER_ORIGIN: Final = 256  # busy connections per upstream; more requests wait for one
 KEEPALIVE: Final = 60.0  # an idle connection is closed after this many seconds
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-class BadUpstreamAnswer(Exception):
-    """The upstream's answer cannot be relayed; the text says what it was, in keyhop's words
-    (never the upstream's bytes)."""
 
 
 class RequestBodyLost(ConnectionResetError):
@@ -64,7 +61,7 @@ class UpstreamResponse:
     def __init__(
         self,
         origin: _Origin,
-        conn: ResponseHandler,
+        conn: CheckedResponseHandler,
         status: int,
         reason: str,
         headers: CIMultiDictProxy[str],
@@ -103,14 +100,14 @@ class _Origin:
     host_line: str  # "Host: example.com" (port only when not the scheme's default)
     limit: int
     keepalive: float
-    idle: deque[tuple[ResponseHandler, float]] = field(default_factory=deque)
+    idle: deque[tuple[CheckedResponseHandler, float]] = field(default_factory=deque)
     busy: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     closed: bool = False
 
     async def acquire(
         self, loop: asyncio.AbstractEventLoop, connect_timeout: float
-    ) -> tuple[ResponseHandler, bool]:
+    ) -> tuple[CheckedResponseHandler, bool]:
         """A connection and whether it was used before (the upstream may have closed it).
         When all are busy, requests wait in arrival order; a freed slot is handed straight
         to the first of them, so no newcomer can take it first."""
@@ -140,7 +137,7 @@ class _Origin:
             self.free_slot()
             raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> CheckedResponseHandler:
         # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
         # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
         infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
@@ -151,7 +148,7 @@ class _Origin:
         )
         try:
             _, conn = await loop.create_connection(
-                lambda: ResponseHandler(loop),
+                lambda: CheckedResponseHandler(loop),
                 sock=sock,
                 ssl=self.ssl,
                 server_hostname=self.host if self.ssl is not None else None,
@@ -161,7 +158,7 @@ class _Origin:
             raise
         return conn
 
-    def release(self, conn: ResponseHandler, reusable: bool) -> None:
+    def release(self, conn: CheckedResponseHandler, reusable: bool) -> None:
         if reusable and not self.closed and conn.is_connected() and not conn.should_close:
             now = asyncio.get_running_loop().time()
             self.idle.append((conn, now))
@@ -255,6 +252,7 @@ class UpstreamPool:
         target: str,
         headers: CIMultiDict[str],
         body: bytes | StreamReader | AsyncIterable[bytes] | None,
+        progress: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait for the head of its answer; the body streams after.
 
@@ -263,6 +261,10 @@ class UpstreamPool:
         when the connection failed before an answer; RequestBodyLost when the client's body
         stopped arriving; BadUpstreamAnswer for an answer that cannot be relayed; and
         UnsafeHeader, before anything is sent, when a header value could split the request.
+
+        `progress`, when given, is called each time a chunk of a streamed body has been
+        handed to the upstream's socket without back-pressure (the upstream is reading): an
+        upload that moves is not silence, whatever its length (issue 12).
         """
         origin = self._origin(upstream, tls)
         loop = asyncio.get_running_loop()
@@ -275,7 +277,7 @@ class UpstreamPool:
         if hdrs.HOST in headers:
             host_line = f"Host: {headers.popone(hdrs.HOST)}"
         try:
-            head = line + _serialize_headers(host_line, headers)
+            head = line + serialize_headers(host_line, headers)
         except ValueError:
             raise UnsafeHeader("a header value holds a control character") from None
         may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
@@ -290,6 +292,7 @@ class UpstreamPool:
                 )
                 transport = conn.transport
                 assert transport is not None
+                conn.expect_head()
                 if body is None:
                     transport.write(head)
                 elif isinstance(body, bytes):
@@ -299,7 +302,7 @@ class UpstreamPool:
                         transport.writelines((head, body))
                 else:
                     transport.write(head)
-                    writer = asyncio.create_task(_write_body(conn, body, chunked))
+                    writer = asyncio.create_task(_write_body(conn, body, chunked, progress))
                 while True:
                     try:
                         message, payload = await conn.read()
@@ -336,7 +339,9 @@ def _literal_address(host: str, port: int) -> list[aiohappyeyeballs.AddrInfoType
     return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
 
 
-def _abandon(origin: _Origin, conn: ResponseHandler, writer: asyncio.Task[None] | None) -> None:
+def _abandon(
+    origin: _Origin, conn: CheckedResponseHandler, writer: asyncio.Task[None] | None
+) -> None:
     if writer is not None:
         writer.cancel()
     conn.abort()
@@ -358,7 +363,12 @@ def _frame(method: str, headers: CIMultiDict[str], body: object) -> bool:
     return True
 
 
-async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
+async def _write_body(
+    conn: CheckedResponseHandler,
+    body: Any,
+    chunked: bool,
+    progress: Callable[[], None] | None,
+) -> None:
     """Stream a request body, paced by the upstream's reading. A body that fails to arrive
     (the client went away) cuts the upstream connection, so the upstream never takes a
     short body for a whole one."""
@@ -374,7 +384,9 @@ async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
             else:
                 transport.write(chunk)
             if conn.writing_paused:
-                await conn._drain_helper()
+                await drain(conn)
+            if progress is not None:
+                progress()
         if chunked:
             transport.write(b"0\r\n\r\n")
     except asyncio.CancelledError:
