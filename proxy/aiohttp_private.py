@@ -10,19 +10,32 @@ Hooks:
 - `serialize_headers` (aiohttp.http_writer._serialize_headers): the C head serializer,
   which refuses a value with CR, LF or NUL (ValueError).
 - `drain` (BaseProtocol._drain_helper): waits until a paused transport may be written to.
+- `RequestHandler` (aiohttp.web_protocol): the server protocol of `keyhop serve`;
+  `GuardedRequestHandler` overrides `data_received` and reads `_waiter` (set while the
+  handler waits for a request head), `_request_count` (bumped by the parser for each head
+  it completes or refuses), `_force_close`/`_close` and `_loop` to time and count the
+  bytes of each request head while it arrives; aiohttp limits each line, not the head.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import _serialize_headers as serialize_headers
+from aiohttp.web_protocol import RequestHandler
 
 from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_head, head_end
 
-__all__ = ["CheckedResponseHandler", "ResponseHandler", "drain", "serialize_headers"]
+__all__ = [
+    "CheckedResponseHandler",
+    "GuardedRequestHandler",
+    "ResponseHandler",
+    "drain",
+    "serialize_headers",
+]
 
 
 async def drain(protocol: BaseProtocol) -> None:
@@ -79,3 +92,66 @@ class CheckedResponseHandler(ResponseHandler):
                 return
             del head[:end]  # an interim answer has no body: the next head follows it
             self._scanned = 0
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's server protocol with a time and a size limit on each request head.
+
+    The head timer starts at the first byte of a head and stops when the parser has the
+    whole head; a head still arriving after `head_timeout` seconds (dribbled, or never
+    finished) or past `max_head` bytes is answered with `refusal(status, text)` and the
+    connection closed. Bodies, and heads pipelined behind a request being handled, are
+    not counted here (aiohttp's queue of parsed requests bounds those)."""
+
+    def __init__(self, manager: Any, *, head_timeout: float, max_head: int, **kw: Any) -> None:
+        super().__init__(manager, **kw)
+        self.head_timeout = head_timeout
+        self.max_head = max_head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def refusal(self, status: int, text: str) -> bytes:
+        """The whole answer (head and body) sent before the connection is closed."""
+        raise NotImplementedError
+
+    def _waiting_for_head(self) -> bool:
+        if self._request_count == 0:
+            return True  # nothing parsed yet (start() may not have run to its wait)
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def data_received(self, data: bytes) -> None:
+        if not data or self._force_close or self._close or not self._waiting_for_head():
+            super().data_received(data)
+            return
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
+        self._head_bytes += len(data)
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:  # the parser has the head (or refused it)
+            self._head_done()
+        elif self._head_bytes > self.max_head:
+            self._refuse(431, f"the request head is over {self.max_head // 1024} KiB")
+
+    def _head_done(self) -> None:
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_bytes and not self._force_close:
+            self._refuse(408, f"the request head did not arrive within {self.head_timeout:g} s")
+
+    def _refuse(self, status: int, text: str) -> None:
+        self._head_done()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(self.refusal(status, text))
+        self.force_close()  # stops parsing; the transport closes once the answer is out
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)

@@ -46,3 +46,39 @@ def test_hook_drain_waits_on_base_protocols_drain_helper() -> None:
     assert inspect.iscoroutinefunction(BaseProtocol._drain_helper)
     assert inspect.iscoroutinefunction(drain)
     assert isinstance(BaseProtocol.writing_paused, property)
+
+
+def test_hook_request_handler_has_the_state_the_head_guard_reads() -> None:
+    """GuardedRequestHandler reads these RequestHandler attributes and overrides
+    data_received; each must still be there, under that name."""
+    from aiohttp.web_protocol import RequestHandler
+
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    for name in ("_waiter", "_request_count", "_force_close", "_close", "_loop"):
+        assert name in slots, name
+    assert "data_received" in vars(RequestHandler)
+    assert "connection_lost" in vars(RequestHandler)
+    assert "keepalive_timeout" in inspect.signature(RequestHandler.__init__).parameters
+
+
+async def test_hook_request_handler_request_count_is_bumped_by_a_whole_head() -> None:
+    """The guard tells a whole head from a partial one by `_request_count`; a partial head
+    must not bump it, a whole one must."""
+    from aiohttp import web
+
+    from proxy.aiohttp_private import GuardedRequestHandler
+
+    async def ok(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(ok)
+    handler = GuardedRequestHandler(
+        server, loop=asyncio.get_running_loop(), head_timeout=5, max_head=1024
+    )
+    handler.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert handler._request_count == 0
+    assert handler._head_timer is not None
+    handler.data_received(b"\r\n")
+    assert handler._request_count == 1
+    assert handler._head_timer is None
+    handler.connection_lost(None)
