@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -318,3 +320,62 @@ async def test_a_real_keyhop_serve_refuses_a_head_over_64_kib_with_431(
     assert await closed(reader)
     writer.close()
     assert await served(proc.port) < 1.0
+
+
+# --- unknown tenants against a real keyhop serve (issue 12 item 6) ------------------------------
+
+TENANTS = int(os.environ.get("KEYHOP_HOSTILE_TENANTS", "20000"))  # the report ran 100,000
+
+
+async def test_requests_naming_unknown_tenants_leave_a_real_keyhop_serves_memory_flat(
+    processes: Start, tmp_path: Path
+) -> None:
+    data = {
+        "store": f"sqlite:///{tmp_path}/tokens.db",
+        "providers": {
+            "saison": {
+                "preset": "saison",
+                "auth": {
+                    "client_id": "c",
+                    "client_secret": "secret-9f8e7d6c",
+                    "token_url": "https://127.0.0.1:9/auth/token",
+                    "authorize_url": "https://127.0.0.1:9/authorize",
+                },
+            }
+        },
+        "routes": [{"prefix": "/s", "upstream": "https://127.0.0.1:9", "provider": "saison"}],
+    }
+    proc = processes(write_config(tmp_path / "keyhop.yaml", data))
+
+    def db_state() -> list[tuple[str, int, int]]:
+        return [
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in tmp_path.glob("tokens.db*")
+        ]
+
+    async def ask(session: aiohttp.ClientSession, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            headers = {"X-Keyhop-Tenant": f"member-{i}"}
+            async with session.get(proc.url + "/s/x", headers=headers) as resp:
+                assert resp.status == 503
+                await resp.read()
+
+    async def run(first: int, total: int) -> None:
+        workers = 16
+        connector = aiohttp.TCPConnector(limit=workers)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            share = total // workers
+            await asyncio.gather(*(ask(session, first + w * share, share) for w in range(workers)))
+
+    await run(0, 4000)  # warm up
+    baseline, db_before = proc.rss_kib(), db_state()
+    started = time.monotonic()
+    await run(4000, TENANTS)
+    elapsed = time.monotonic() - started
+    grown = proc.rss_kib() - baseline
+    print(f"{TENANTS} unknown tenants in {elapsed:.1f} s: RSS {baseline} -> +{grown} KiB")
+    assert grown < 4096, grown
+    assert db_state() == db_before  # nothing written to the store (nor its WAL)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proc.url + "/-/providers") as resp:
+            view = (await resp.json())["providers"]["saison"]
+    assert view["tenants_total"] == 0
