@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 
@@ -30,7 +31,7 @@ from tests.test_upstream import (
     route,
 )
 
-FUZZ_CASES = 300
+FUZZ_CASES = int(os.environ.get("KEYHOP_FUZZ_CASES", "300"))  # `make fuzz` runs more
 __all__ = ["raw_upstream"]  # the raw-socket upstream fixture, shared with test_upstream.py
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 M = MARK.encode()
