@@ -32,9 +32,8 @@ MAX_RESPONSE_HEAD: Final = 128 * 1024
 
 _HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
-_FIELD_LINE: Final = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*([\t\x20-\x7e\x80-\xff]*?)[\t ]*"
-)
+# possessive: a line of blanks ending in a control byte must not cost quadratic backtracking
+_FIELD_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]++):([\t\x20-\x7e\x80-\xff]*+)")
 _NAME: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 
@@ -81,11 +80,11 @@ def check_response_head(head: bytes) -> int:
                 "a header line that is not `name: value` (a name that is not a token, or "
                 "whitespace before the colon)"
             )
-        name = field.group(1).lower()
+        name, value = field.group(1).lower(), field.group(2).strip(b" \t")
         if name == b"content-length":
-            lengths.append(field.group(2))
+            lengths.append(value)
         elif name == b"transfer-encoding":
-            codings.extend(c.strip(b" \t").lower() for c in field.group(2).split(b","))
+            codings.extend(c.strip(b" \t").lower() for c in value.split(b","))
     if len(lengths) > 1:
         raise _bad("more than one Content-Length")
     if lengths and _DIGITS.fullmatch(lengths[0]) is None:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import time
 
 import pytest
 
@@ -261,3 +262,21 @@ async def test_fuzzed_heads_are_either_refused_or_relayed_clean() -> None:
             assert _TOKEN.fullmatch(name.decode("latin-1")), head
             assert not re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value), head
     assert refused > FUZZ_CASES // 4
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX:" + b" " * 120_000 + b"\x01\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX:" + b" \t" * 60_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 " + b" " * 120_000 + b"\x01\r\n\r\n",
+    ],
+    ids=["blanks-then-a-control-byte", "only-blanks", "blank-reason-then-a-control-byte"],
+)
+def test_a_line_of_blanks_near_the_head_limit_is_checked_in_linear_time(head: bytes) -> None:
+    started = time.perf_counter()
+    try:
+        check_response_head(head)
+    except BadUpstreamAnswer:
+        pass
+    assert time.perf_counter() - started < 0.5
