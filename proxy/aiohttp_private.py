@@ -15,13 +15,17 @@ Hooks:
   handler waits for a request head), `_request_count` (bumped by the parser for each head
   it completes or refuses), `_force_close`/`_close` and `_loop` to time and count the
   bytes of each request head while it arrives; aiohttp limits each line, not the head.
+- `web.Server.__call__` builds each connection's protocol from the server's private `_loop`
+  and `_kwargs`; `ProtocolServer` does the same with a protocol class of keyhop's.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import _serialize_headers as serialize_headers
@@ -32,6 +36,7 @@ from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_hea
 __all__ = [
     "CheckedResponseHandler",
     "GuardedRequestHandler",
+    "ProtocolServer",
     "ResponseHandler",
     "drain",
     "serialize_headers",
@@ -155,3 +160,22 @@ class GuardedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._head_done()
         super().connection_lost(exc)
+
+
+class ProtocolServer(web.Server):
+    """aiohttp's low-level server, with each connection served by `protocol(server, loop=...,
+    **the server's keyword arguments)` (keepalive_timeout, line limits, ...) instead of a
+    plain RequestHandler."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        protocol: Callable[..., RequestHandler],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._protocol = protocol
+
+    def __call__(self) -> RequestHandler:
+        return self._protocol(self, loop=self._loop, **self._kwargs)

@@ -21,13 +21,13 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from functools import partial
+from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
-from proxy.aiohttp_private import GuardedRequestHandler
+from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer
 from proxy.app import LINE_LIMIT, create_app
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, StoreUnavailable
@@ -93,29 +93,6 @@ class _Handler(GuardedRequestHandler):
         return _json_answer(status, text)
 
 
-class _Server(web.Server):
-    def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        *,
-        head_timeout: float,
-        max_head: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self.head_timeout = head_timeout
-        self.max_head = max_head
-
-    def __call__(self) -> RequestHandler:
-        return _Handler(
-            self,
-            loop=self._loop,
-            head_timeout=self.head_timeout,
-            max_head=self.max_head,
-            **self._kwargs,
-        )
-
-
 def create_server(
     handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
     *,
@@ -136,10 +113,9 @@ def create_server(
             return response
         return await handler(request)
 
-    return _Server(
+    return ProtocolServer(
         guarded,
-        head_timeout=head_timeout,
-        max_head=max_head,
+        protocol=partial(_Handler, head_timeout=head_timeout, max_head=max_head),
         access_log=None,
         max_field_size=LINE_LIMIT,
         max_line_size=LINE_LIMIT,

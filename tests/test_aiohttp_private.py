@@ -82,3 +82,26 @@ async def test_hook_request_handler_request_count_is_bumped_by_a_whole_head() ->
     assert handler._request_count == 1
     assert handler._head_timer is None
     handler.connection_lost(None)
+
+
+async def test_hook_server_call_builds_keyhops_protocol_with_the_servers_settings() -> None:
+    """ProtocolServer relies on web.Server keeping `_loop` and `_kwargs`; the keep-alive
+    timeout given to keyhop's server must reach each connection's protocol."""
+    from functools import partial
+
+    from aiohttp import web
+
+    from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer
+
+    async def ok(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = ProtocolServer(
+        ok,
+        protocol=partial(GuardedRequestHandler, head_timeout=3.0, max_head=2048),
+        keepalive_timeout=12.5,
+    )
+    handler = server()
+    assert isinstance(handler, GuardedRequestHandler)
+    assert handler.keepalive_timeout == 12.5
+    assert (handler.head_timeout, handler.max_head) == (3.0, 2048)
