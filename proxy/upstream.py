@@ -16,15 +16,10 @@ Read timeouts are not kept here: forward.py's watchdog cancels the waiting task.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiohappyeyeballs
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
 from aiohttp.http_exceptions import HttpProcessingError
@@ -33,6 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
 from proxy.http1 import BadUpstreamAnswer
+from proxy.origin import Origin
 from proxy.routing import Upstream
 
 __all__ = ["BadUpstreamAnswer", "RequestBodyLost", "UnsafeHeader", "UpstreamPool"]
@@ -60,7 +56,7 @@ class UpstreamResponse:
 
     def __init__(
         self,
-        origin: _Origin,
+        origin: Origin,
         conn: CheckedResponseHandler,
         status: int,
         reason: str,
@@ -73,7 +69,7 @@ class UpstreamResponse:
         self.headers = headers
         self.content = content
         self.host = origin.host  # for error messages
-        self._origin: _Origin | None = origin
+        self._origin: Origin | None = origin
         self._conn = conn
         self._writer = writer
 
@@ -89,114 +85,11 @@ class UpstreamResponse:
         origin.release(self._conn, reusable)
 
 
-@dataclass(eq=False)
-class _Origin:
-    """The connections to one upstream (host, port, TLS settings): routes to one host under
-    different base paths share them, and share the limit."""
-
-    host: str
-    port: int
-    ssl: ssl.SSLContext | None
-    host_line: str  # "Host: example.com" (port only when not the scheme's default)
-    limit: int
-    keepalive: float
-    idle: deque[tuple[CheckedResponseHandler, float]] = field(default_factory=deque)
-    busy: int = 0
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    closed: bool = False
-
-    async def acquire(
-        self, loop: asyncio.AbstractEventLoop, connect_timeout: float
-    ) -> tuple[CheckedResponseHandler, bool]:
-        """A connection and whether it was used before (the upstream may have closed it).
-        When all are busy, requests wait in arrival order; a freed slot is handed straight
-        to the first of them, so no newcomer can take it first."""
-        if self.busy >= self.limit:
-            waiter = loop.create_future()
-            self.waiters.append(waiter)
-            try:
-                await waiter  # woken with the slot already ours (busy counts it)
-            except asyncio.CancelledError:
-                if not waiter.cancelled():
-                    self.free_slot()  # it was our turn: pass it on
-                elif waiter in self.waiters:  # (a release may have skipped and dropped it)
-                    self.waiters.remove(waiter)
-                raise
-        else:
-            self.busy += 1
-        idle = self.idle
-        while idle:
-            conn, _ = idle.pop()  # the most recent: the likeliest to be alive
-            if conn.is_connected() and not conn.should_close:
-                return conn, True
-            conn.close()
-        try:
-            async with asyncio.timeout(connect_timeout):
-                return await self._connect(loop), False
-        except BaseException:
-            self.free_slot()
-            raise
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> CheckedResponseHandler:
-        # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
-        # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
-        infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM
-        )
-        sock = await aiohappyeyeballs.start_connection(
-            infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
-        )
-        try:
-            _, conn = await loop.create_connection(
-                lambda: CheckedResponseHandler(loop),
-                sock=sock,
-                ssl=self.ssl,
-                server_hostname=self.host if self.ssl is not None else None,
-            )
-        except BaseException:
-            sock.close()
-            raise
-        return conn
-
-    def release(self, conn: CheckedResponseHandler, reusable: bool) -> None:
-        if reusable and not self.closed and conn.is_connected() and not conn.should_close:
-            now = asyncio.get_running_loop().time()
-            self.idle.append((conn, now))
-            self.expire(now)
-        else:
-            conn.close()
-        self.free_slot()
-
-    def free_slot(self) -> None:
-        """Hand the slot to the first waiter, or give it back."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.busy -= 1
-
-    def expire(self, now: float) -> None:
-        idle = self.idle
-        while idle and now - idle[0][1] > self.keepalive:
-            idle.popleft()[0].close()
-
-    @property
-    def unused(self) -> bool:
-        return not (self.idle or self.busy or self.waiters)
-
-    def close(self) -> None:
-        """At exit: idle connections close now, busy ones when released."""
-        self.closed = True
-        while self.idle:
-            self.idle.popleft()[0].close()
-
-
 class UpstreamPool:
     def __init__(self, per_origin: int = PER_ORIGIN, keepalive: float = KEEPALIVE) -> None:
         self.per_origin = per_origin
         self.keepalive = keepalive
-        self._origins: dict[tuple[str, int, ssl.SSLContext | None], _Origin] = {}
+        self._origins: dict[tuple[str, int, ssl.SSLContext | None], Origin] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -223,7 +116,7 @@ class UpstreamPool:
                 if origin.unused:
                     del self._origins[key]
 
-    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> _Origin:
+    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> Origin:
         context: ssl.SSLContext | None = None
         if upstream.scheme == "https":
             if isinstance(tls, ssl.SSLContext):
@@ -237,7 +130,7 @@ class UpstreamPool:
         origin = self._origins.get(key)
         if origin is None:
             host_line = f"Host: {upstream.authority}"
-            origin = _Origin(
+            origin = Origin(
                 upstream.host, upstream.port, context, host_line, self.per_origin, self.keepalive
             )
             self._origins[key] = origin
@@ -328,19 +221,8 @@ class UpstreamPool:
                 raise
 
 
-def _literal_address(host: str, port: int) -> list[aiohappyeyeballs.AddrInfoType] | None:
-    """An IP address needs no resolver (a thread hop per connection otherwise)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if address.version == 6:
-        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
-    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-
-
 def _abandon(
-    origin: _Origin, conn: CheckedResponseHandler, writer: asyncio.Task[None] | None
+    origin: Origin, conn: CheckedResponseHandler, writer: asyncio.Task[None] | None
 ) -> None:
     if writer is not None:
         writer.cancel()
