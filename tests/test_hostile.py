@@ -106,7 +106,8 @@ async def serve_limits() -> AsyncIterator[Callable[..., Awaitable[int]]]:
 
     async def start(**limits: Any) -> int:
         async def ok(request: web.BaseRequest) -> web.StreamResponse:
-            await request.read()
+            while await request.content.readany():
+                pass
             return web.Response(text="ok")
 
         runner = web.ServerRunner(create_server(ok, **limits), handle_signals=False)
@@ -180,6 +181,34 @@ async def test_a_whole_head_over_the_total_limit_in_one_write_is_431(
     writer.write(b"GET /x HTTP/1.1\r\nHost: k\r\n" + lines + b"\r\n")
     status, head, body = await answer(reader)
     refusal(status, head, body, 431, "over 8 KiB")
+    writer.close()
+
+
+async def test_a_body_is_not_counted_as_head_nor_timed_by_the_head_clock(
+    serve_limits: Callable[..., Awaitable[int]],
+) -> None:
+    port = await serve_limits(max_head=8 * 1024, head_timeout=0.5)
+    reader, writer = await connect(port)
+    body = b"b" * (2 * 1024 * 1024)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: k\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for i in range(0, len(body), 256 * 1024):  # slower than the head clock, in pieces
+        writer.write(body[i : i + 256 * 1024])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    status, _, answered = await answer(reader)
+    assert (status, answered) == (200, b"ok")
+    writer.close()
+
+
+async def test_pipelined_requests_in_one_write_are_all_answered(
+    serve_limits: Callable[..., Awaitable[int]],
+) -> None:
+    port = await serve_limits(max_head=8 * 1024)
+    reader, writer = await connect(port)
+    writer.write(GET * 5)
+    for _ in range(5):
+        status, _, body = await answer(reader)
+        assert (status, body) == (200, b"ok")
     writer.close()
 
 
