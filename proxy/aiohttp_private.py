@@ -13,8 +13,9 @@ Hooks:
 - `RequestHandler` (aiohttp.web_protocol): the server protocol of `keyhop serve`;
   `GuardedRequestHandler` overrides `data_received` and reads `_waiter` (set while the
   handler waits for a request head), `_request_count` (bumped by the parser for each head
-  it completes or refuses), `_force_close`/`_close` and `_loop` to time and count the
-  bytes of each request head while it arrives; aiohttp limits each line, not the head.
+  it completes or refuses), `_messages` (the parsed requests, with their bodies),
+  `_upgraded`, `_force_close`/`_close` and `_loop` to time and count the bytes of each request head
+  while it arrives; aiohttp limits each line, not the head.
 - `web.Server.__call__` builds each connection's protocol from the server's private `_loop`
   and `_kwargs`; `ProtocolServer` does the same with a protocol class of keyhop's.
 """
@@ -29,6 +30,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import _serialize_headers as serialize_headers
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_head, head_end
@@ -105,8 +107,10 @@ class GuardedRequestHandler(RequestHandler):
     The head timer starts at the first byte of a head and stops when the parser has the
     whole head; a head still arriving after `head_timeout` seconds (dribbled, or never
     finished) or past `max_head` bytes is answered with `refusal(status, text)` and the
-    connection closed. Bodies, and heads pipelined behind a request being handled, are
-    not counted here (aiohttp's queue of parsed requests bounds those)."""
+    connection closed. Bodies are not counted: bytes count from the end of the last parsed
+    request's body. A head pipelined behind a request still being handled is counted too,
+    but has no clock (a long answer is not its fault); past `max_head` nothing more is
+    parsed and the connection closes after the answer in progress."""
 
     def __init__(self, manager: Any, *, head_timeout: float, max_head: int, **kw: Any) -> None:
         super().__init__(manager, **kw)
@@ -114,6 +118,8 @@ class GuardedRequestHandler(RequestHandler):
         self.max_head = max_head
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        #: the body of the last request parsed: bytes after its end are the next head
+        self._last_body: StreamReader | None = None
 
     def refusal(self, status: int, text: str) -> bytes:
         """The whole answer (head and body) sent before the connection is closed."""
@@ -126,18 +132,33 @@ class GuardedRequestHandler(RequestHandler):
         return waiter is not None and not waiter.done()
 
     def data_received(self, data: bytes) -> None:
-        if not data or self._force_close or self._close or not self._waiting_for_head():
-            super().data_received(data)
+        if not data or self._force_close or self._upgraded:
+            super().data_received(data)  # (after an upgrade the bytes are a websocket's)
             return
-        if self._head_timer is None:
+        if self._close:
+            return  # closing after the current answer: aiohttp parses nothing more either
+        body = self._last_body
+        if body is not None and not body.is_eof():
+            super().data_received(data)  # the body of the last request parsed
+            return
+        idle = self._waiting_for_head()
+        if idle and self._head_timer is None:
             self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
         self._head_bytes += len(data)
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:  # the parser has the head (or refused it)
+            if self._messages:
+                self._last_body = self._messages[-1][1]
             self._head_done()
         elif self._head_bytes > self.max_head:
-            self._refuse(431, f"the request head is over {self.max_head // 1024} KiB")
+            if idle:
+                self._refuse(431, f"the request head is over {self.max_head // 1024} KiB")
+            else:
+                # pipelined behind an answer in progress: an answer of ours would land
+                # inside that one, so the connection closes once it is done
+                self._head_done()
+                self.close()
 
     def _head_done(self) -> None:
         self._head_bytes = 0

@@ -54,7 +54,8 @@ def test_hook_request_handler_has_the_state_the_head_guard_reads() -> None:
     from aiohttp.web_protocol import RequestHandler
 
     slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
-    for name in ("_waiter", "_request_count", "_force_close", "_close", "_loop"):
+    names = ("_waiter", "_request_count", "_messages", "_upgraded", "_force_close", "_close")
+    for name in (*names, "_loop"):
         assert name in slots, name
     assert "data_received" in vars(RequestHandler)
     assert "connection_lost" in vars(RequestHandler)

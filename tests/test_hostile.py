@@ -108,6 +108,8 @@ async def serve_limits() -> AsyncIterator[Callable[..., Awaitable[int]]]:
         async def ok(request: web.BaseRequest) -> web.StreamResponse:
             while await request.content.readany():
                 pass
+            if request.path == "/slow":
+                await asyncio.sleep(0.5)
             return web.Response(text="ok")
 
         runner = web.ServerRunner(create_server(ok, **limits), handle_signals=False)
@@ -210,6 +212,62 @@ async def test_pipelined_requests_in_one_write_are_all_answered(
         status, _, body = await answer(reader)
         assert (status, body) == (200, b"ok")
     writer.close()
+
+
+async def test_a_head_pipelined_behind_a_request_in_progress_is_bounded_too(
+    serve_limits: Callable[..., Awaitable[int]],
+) -> None:
+    """While /slow is handled, 100 KiB of a next head arrive (lines under the per-line
+    limit): the current answer is finished, then the connection closed, nothing parsed on."""
+    port = await serve_limits(max_head=8 * 1024, keepalive_timeout=30, head_timeout=30)
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: k\r\n\r\nGET /x HTTP/1.1\r\n")
+    for i in range(100):
+        writer.write(b"X-%d: %s\r\n" % (i, b"a" * 1000))
+    await writer.drain()
+    status, _, body = await answer(reader)
+    assert (status, body) == (200, b"ok")
+    assert await closed(reader, timeout=3)
+    writer.close()
+
+
+async def test_a_small_head_pipelined_behind_a_request_in_progress_is_served(
+    serve_limits: Callable[..., Awaitable[int]],
+) -> None:
+    port = await serve_limits(max_head=8 * 1024)
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: k\r\n\r\n")
+    await asyncio.sleep(0.1)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: k\r\nX-A: " + b"a" * 4000 + b"\r\n\r\n")
+    for _ in range(2):
+        status, _, body = await answer(reader)
+        assert (status, body) == (200, b"ok")
+    writer.close()
+
+
+async def test_websocket_traffic_after_an_upgrade_is_not_counted_as_head() -> None:
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_bytes(message.data)
+        return ws
+
+    runner = web.ServerRunner(create_server(echo, max_head=8 * 1024), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        assert site._server is not None
+        port = site._server.sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                for i in range(20):  # 20 x 32 KiB: far past the head limit
+                    payload = bytes([i]) * 32 * 1024
+                    await ws.send_bytes(payload)
+                    assert (await ws.receive_bytes(timeout=5)) == payload
+    finally:
+        await runner.cleanup()
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
