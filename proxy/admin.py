@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.callbacks import handle_oauth
 from proxy.console import handle_console
-from proxy.errors import NoRoute
+from proxy.errors import BadRequest, NoRoute
 from proxy.gate import check_client_key
 from proxy.runtime import Keyhop
 
@@ -20,12 +20,38 @@ if TYPE_CHECKING:
     from proxy.access import AccessInfo
 
 
+#: tenants listed per provider in one /-/providers answer; `?offset=&limit=` pages on
+TENANTS_PAGE: Final = 100
+TENANTS_PAGE_MAX: Final = 1000
+
+
+def _page_params(query: Any) -> tuple[int, int]:
+    """`offset` and `limit` from the query; a value that is not a small whole number is a 400."""
+    values = []
+    for name, default, most in (("offset", 0, None), ("limit", TENANTS_PAGE, TENANTS_PAGE_MAX)):
+        raw = query.get(name)
+        if raw is None:
+            values.append(default)
+            continue
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+            raise BadRequest(f"{name} must be a whole number, found {raw[:20]!r}")
+        value = int(raw)
+        if most is not None and not 1 <= value <= most:
+            raise BadRequest(f"{name} must be between 1 and {most}")
+        values.append(value)
+    return values[0], values[1]
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-async def providers_view(kh: Keyhop) -> dict[str, Any]:
-    """Per provider and tenant: credential state, expiry, last error. Never a secret."""
+async def providers_view(kh: Keyhop, offset: int = 0, limit: int = TENANTS_PAGE) -> dict[str, Any]:
+    """Per provider and tenant: credential state, expiry, last error. Never a secret.
+
+    Tenants are listed in order, `limit` per provider from `offset`, so the answer stays
+    bounded however many tenants there are; `tenants_total` and `tenants_next_offset`
+    (null on the last page) say what else there is."""
     now = kh.clock()
     stored: dict[tuple[str, str], Any] = {}
     store_ok = await kh.store.ping()
@@ -39,8 +65,9 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
         keys = {k for k in stored if k[0] == name} | {k for k in kh.manager.states if k[0] == name}
         if not provider.tenants:
             keys.add((name, ""))  # a single-account provider is always listed
+        ordered = sorted(keys)
         tenants = []
-        for key in sorted(keys):
+        for key in ordered[offset : offset + limit]:
             credential = kh.manager.cached(*key) or stored.get(key)
             state = kh.manager.states.get(key)
             if not prt.needs_credential:
@@ -77,8 +104,15 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
             "routes": [r.prefix for r in kh.runtime.config.routes if r.provider == name],
             "tenants_required": provider.tenants,
             "tenants": tenants,
+            "tenants_total": len(ordered),
+            "tenants_next_offset": offset + limit if offset + limit < len(ordered) else None,
         }
     return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+
+
+async def _console_view(kh: Keyhop) -> dict[str, Any]:
+    """The console lists up to TENANTS_PAGE_MAX tenants a provider on one page."""
+    return await providers_view(kh, 0, TENANTS_PAGE_MAX)
 
 
 async def handle_admin(
@@ -102,9 +136,10 @@ async def handle_admin(
         return web.Response(body=kh.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if path == "/-/providers":
         check_client_key(kh.runtime, request)
-        return web.json_response(await providers_view(kh))
+        offset, limit = _page_params(request.query)
+        return web.json_response(await providers_view(kh, offset, limit))
     if path.startswith("/-/oauth/"):
         return await handle_oauth(kh, request, info)
     if path == "/-/console" or path.startswith("/-/console/"):
-        return await handle_console(kh, request, info, providers_view)  # its own access rules
+        return await handle_console(kh, request, info, _console_view)  # its own access rules
     raise NoRoute(f"no keyhop endpoint {path}")

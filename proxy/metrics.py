@@ -30,6 +30,8 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.token_fetches: dict[tuple[str, str], int] = {}
         self.throttled: dict[tuple[str, str], int] = {}
+        #: keyhop's own 500 internal_error answers: every one is a bug (issue 12)
+        self.internal_errors = 0
         # provider -> per-bucket counts (last one is +Inf), sum of seconds
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
         #: the tasks handling requests now: the gauge, and what a drain out of time cancels
@@ -55,6 +57,10 @@ class Metrics:
     def throttle(self, provider: str, source: str) -> None:
         key = (provider, source)
         self.throttled[key] = self.throttled.get(key, 0) + 1
+
+    def internal_error(self) -> None:
+        """Called from the request path's catch-all, once per 500 internal_error answer."""
+        self.internal_errors += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -105,6 +111,12 @@ class _Collector:
         for (provider, source), count in list(m.throttled.items()):
             throttled.add_metric([provider, source], count)
         yield throttled
+
+        yield CounterMetricFamily(
+            "keyhop_internal_errors",
+            "keyhop's own internal_error answers (500): each one is a bug to report.",
+            value=m.internal_errors,
+        )
 
         yield GaugeMetricFamily(
             "keyhop_in_flight_requests", "Requests being handled.", value=len(m.in_flight)

@@ -18,6 +18,8 @@ from typing import Final, Protocol
 from proxy.providers import RateLimit
 
 MAX_PACING_WAIT: Final = 30.0  # a queue longer than this is answered 429, not held
+#: the longest an upstream's Retry-After / X-Plan-Quota-Reset may block a provider (issue 12)
+MAX_RETRY_AFTER: Final = 3600
 
 
 class Limiter(Protocol):
@@ -59,37 +61,49 @@ def _parse_kibo_date(text: str) -> float | None:
     for fmt in ("%A, %B %d, %Y %I:%M:%S %p %Z", "%A, %B %d, %Y %H:%M:%S %Z"):
         try:
             return datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError):
             continue
     return None
 
 
+def _http_date(text: str) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _delay_seconds(text: str) -> int | None:
+    # RFC 9110 10.2.3: delay-seconds = 1*DIGIT (ASCII only: str.isdigit takes '²' and '٣');
+    # more digits than an hour needs are capped the same, without building a huge int
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return MAX_RETRY_AFTER if len(text) > 6 else int(text)
+
+
 def reset_time(headers: Mapping[str, str], now: float) -> float | None:
     """When the upstream says its budget is back: Retry-After (seconds or HTTP date, RFC 9110
-    10.2.3) first, then Kibo's X-Plan-Quota-Reset. None when it does not say."""
+    10.2.3) first, then Kibo's X-Plan-Quota-Reset. None when it does not say, or says
+    something malformed; never later than MAX_RETRY_AFTER from now (an upstream's number
+    must not block a provider for years)."""
+    until: float | None = None
     retry_after = headers.get("Retry-After")
     if retry_after is not None:
         value = retry_after.strip()
-        if value.isdigit():
-            return now + int(value)
-        try:
-            parsed = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            parsed = None
-        if parsed is not None:
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return max(now, parsed.timestamp())
-    reset = headers.get("X-Plan-Quota-Reset")
-    if reset is not None:
-        parsed_reset = _parse_kibo_date(reset)
-        if parsed_reset is None:
-            try:
-                parsed_reset = email.utils.parsedate_to_datetime(reset).timestamp()
-            except (TypeError, ValueError):
-                return None
-        return max(now, parsed_reset)
-    return None
+        seconds = _delay_seconds(value)
+        until = now + seconds if seconds is not None else _http_date(value)
+    if until is None:
+        reset = headers.get("X-Plan-Quota-Reset")
+        if reset is not None:
+            until = _parse_kibo_date(reset)
+            if until is None:
+                until = _http_date(reset)
+    if until is None or not math.isfinite(until):
+        return None
+    return min(max(now, until), now + MAX_RETRY_AFTER)
 
 
 def retry_after_seconds(until: float, now: float) -> int:

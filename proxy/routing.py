@@ -9,9 +9,10 @@ any URL object gets a chance to normalise it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from proxy.errors import BadRequest
 
@@ -71,14 +72,52 @@ class RouteMatch:
         return path if self.query is None else f"{path}?{self.query}"
 
 
+# What servers behind a route strip from a segment before they resolve dot-segments:
+# `;params` (RFC 3986 3.3 allows them; Tomcat, Jetty and Spring drop them, so `..;x` is `..`)
+# and everything after a NUL (C string handling). Trailing blanks are trimmed by Windows/IIS.
+_PARAMS: Final = re.compile(r"[;\x00]")
+# IIS's non-standard `%u002e` (a '%' not followed by two hex digits is not RFC 3986 anyway)
+_PERCENT_U: Final = re.compile(r"%[uU]([0-9a-fA-F]{4})")
+# overlong UTF-8, invalid by RFC 3629 3 but '.' or '/' to decoders that do not check
+# (`%c0%ae`: Tomcat CVE-2008-2938); other bytes pass untouched, byte for byte
+_OVERLONG: Final = re.compile(
+    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
+)
+_DECODE_ROUNDS: Final = 4
+
+
+def _is_dot(piece: str) -> bool:
+    name = _PARAMS.split(piece, 1)[0].rstrip(" \t")
+    # NFKC folds look-alikes servers may normalise: U+FF0E fullwidth '.', U+2025 '..'
+    return name in (".", "..") or unicodedata.normalize("NFKC", name) in (".", "..")
+
+
+def _overlong(match: re.Match[bytes]) -> bytes:
+    first, *rest = match.group()
+    value = first & (0x1F, 0x0F, 0x07)[len(rest) - 1]
+    for byte in rest:
+        value = value << 6 | byte & 0x3F
+    return chr(value).encode()
+
+
+def _has_dot_segment_overlong(text: str) -> bool:
+    raw = unquote_to_bytes(text)
+    if not _OVERLONG.search(raw):
+        return False
+    lenient = _OVERLONG.sub(_overlong, raw).decode("utf-8", "replace")
+    return any(_is_dot(piece) for piece in _SEPARATORS.split(lenient))
+
+
 def _has_dot_segment(segment: str) -> bool:
     text = segment
-    for _ in range(4):  # decode repeatedly: `%252e%252e` is `..` to a server that decodes twice
-        if any(piece in (".", "..") for piece in _SEPARATORS.split(text)):
+    for _ in range(_DECODE_ROUNDS):  # `%252e%252e` is `..` to a server that decodes twice
+        if any(_is_dot(piece) for piece in _SEPARATORS.split(unicodedata.normalize("NFKC", text))):
             return True
         if "%" not in text:
             return False
-        decoded = unquote(text)
+        if _has_dot_segment_overlong(text):
+            return True
+        decoded = unquote(_PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text))
         if decoded == text:
             return False
         text = decoded
@@ -86,13 +125,16 @@ def _has_dot_segment(segment: str) -> bool:
 
 
 def check_path(path: str) -> None:
-    """Refuse dot-segments, raw or percent-encoded, and encoded separators that hide them."""
+    """Refuse dot-segments, raw or percent-encoded, with `;params` or without, and encoded
+    separators that hide them."""
     if path.startswith("//"):
         raise BadRequest("the request path starts with '//', which names another host")
-    if "." not in path and "%" not in path and "\\" not in path:
+    if "." not in path and "%" not in path and "\\" not in path and path.isascii():
         return  # nothing here could form a dot-segment, however decoded
     for segment in path.split("/"):
-        if ("." in segment or "%" in segment or "\\" in segment) and _has_dot_segment(segment):
+        if ("." in segment or "%" in segment or "\\" in segment or not segment.isascii()) and (
+            _has_dot_segment(segment)
+        ):
             raise BadRequest("the request path holds a dot-segment ('..' or '.', raw or encoded)")
 
 

@@ -1,20 +1,33 @@
-"""`keyhop serve`: run the app with SIGHUP reload and SIGTERM drain (SPEC 4.7)."""
+"""`keyhop serve`: run the app with SIGHUP reload and SIGTERM drain (SPEC 4.7).
+
+Limits on what a client connection may hold (issue 12), each with its own clock:
+- HEAD_TIMEOUT: from the first byte of a request head to its blank line; a head dribbled
+  or never finished is answered 408 and the connection closed.
+- MAX_HEAD_BYTES: a request head in total (aiohttp limits each line, LINE_LIMIT, and the
+  number of fields, not the sum); over it, 431 and the connection closed.
+- KEEPALIVE_TIMEOUT: a connection with no request in progress (after an answer, or since
+  it opened) is closed after this long; aiohttp's own default is an hour.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
 import socket
 import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
+from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer
 from proxy.app import LINE_LIMIT, create_app
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, StoreUnavailable
@@ -24,8 +37,31 @@ from proxy.runtime import KEYHOP
 
 log = logging.getLogger("keyhop")
 
+HEAD_TIMEOUT: Final = 10.0
+MAX_HEAD_BYTES: Final = 64 * 1024
+KEEPALIVE_TIMEOUT: Final = 75.0  # nginx's default; below common client pools' idle limits
+_REASONS: Final = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
-class _Handler(RequestHandler):
+
+def _json_answer(status: int, text: str) -> bytes:
+    body = json.dumps({"error": "bad_request", "message": text}).encode()
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        "Content-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def head_size(request: web.BaseRequest) -> int:
+    """The size of a parsed request head as it came on the wire (give or take blanks)."""
+    size = len(request.method) + len(request.raw_path) + 12  # "M T HTTP/1.1\r\n"
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
+class _Handler(GuardedRequestHandler):
     """aiohttp answers a request its parser refused (a header over the size limit, raw
     non-ASCII bytes in the target, a malformed line) with plain text and logs a traceback;
     keyhop's clients get the same JSON as for every other refusal, and the log one line."""
@@ -51,10 +87,40 @@ class _Handler(RequestHandler):
         response.force_close()
         return response
 
+    def refusal(self, status: int, text: str) -> bytes:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        log.warning("refused a request head from %s: %s", peer[0] if peer else "?", text)
+        return _json_answer(status, text)
 
-class _Server(web.Server):
-    def __call__(self) -> RequestHandler:
-        return _Handler(self, loop=self._loop, **self._kwargs)
+
+def create_server(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    *,
+    head_timeout: float = HEAD_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    max_head: int = MAX_HEAD_BYTES,
+) -> web.Server:
+    """keyhop's low-level HTTP server: aiohttp's, with keyhop's JSON for refused requests
+    and the limits above (a whole head over `max_head` that arrived in one read is refused
+    here too, before `handler` sees it)."""
+
+    async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+        if head_size(request) > max_head:
+            text = f"the request head is over {max_head // 1024} KiB"
+            log.warning("refused a request head from %s: %s", request.remote, text)
+            response = web.json_response({"error": "bad_request", "message": text}, status=431)
+            response.force_close()
+            return response
+        return await handler(request)
+
+    return ProtocolServer(
+        guarded,
+        protocol=partial(_Handler, head_timeout=head_timeout, max_head=max_head),
+        access_log=None,
+        max_field_size=LINE_LIMIT,
+        max_line_size=LINE_LIMIT,
+        keepalive_timeout=keepalive_timeout,
+    )
 
 
 async def serve(config: Config, path: str, listen: str | None, formatter: JsonFormatter) -> None:
@@ -79,7 +145,7 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)
 
-    server = _Server(handler, access_log=None, max_field_size=LINE_LIMIT, max_line_size=LINE_LIMIT)
+    server = create_server(handler)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET

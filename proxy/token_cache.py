@@ -7,6 +7,9 @@
   the store's fetch lock across processes; waiters pick up the winner's result from the store.
 - A failing token endpoint gets backoff (1 s doubling to 60 s, jittered): at most one token
   request per step, the still-valid token serving until its real expiry.
+- Tenants cost nothing until they have a credential (issue 12): a key's lock lives only
+  while someone holds or waits for it; an outcome known before anything is sent (no login
+  yet: NotConnected) takes no store lock and leaves no state behind.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 from cachetools import TLRUCache
@@ -54,6 +58,12 @@ class KeyState:
     last_exception: CredentialError | LoginExpired | None = None
 
 
+@dataclass
+class _KeyLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting; the entry goes when this drops to 0
+
+
 def _ttu(_key: Key, credential: Credential, _now: float) -> float:
     return math.inf if credential.expires_at is None else credential.expires_at
 
@@ -75,7 +85,7 @@ class CredentialManager:
         self._clock = clock
         self._observer = observer
         self._cache: TLRUCache[Key, Credential] = TLRUCache(maxsize, ttu=_ttu, timer=clock)
-        self._locks: dict[Key, asyncio.Lock] = {}
+        self._locks: dict[Key, _KeyLock] = {}
         self._renewing: dict[Key, asyncio.Task[None]] = {}
         self._refused: dict[Key, str] = {}  # the last token an upstream refused, per key
         self._checked: dict[Key, float] = {}  # when a cached credential was last held to the store
@@ -188,10 +198,7 @@ class CredentialManager:
         self, provider: ProviderConfig, tenant: str | None, stale: Credential | None
     ) -> tuple[Credential, str]:
         key = (provider.name, tenant or "")
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        async with lock:
+        async with self._key_lock(key):
             now = self._clock()
             cached = self._cache.get(key)
             if cached is not None and cached is not stale and now < cached.renew_at():
@@ -203,6 +210,22 @@ class CredentialManager:
             # still held in memory must not bring it back
             previous = stored if stored is not None or self.store.healthy else stale
             return await self._fetch(provider, tenant, previous), "fetched"
+
+    @asynccontextmanager
+    async def _key_lock(self, key: Key) -> AsyncIterator[None]:
+        """This process's one-fetch-per-key lock; forgotten when nobody holds or awaits it, so
+        100,000 tenants named once leave 100,000 nothing behind."""
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users and self._locks.get(key) is entry:
+                del self._locks[key]
 
     async def _newer_from_store(
         self, provider: ProviderConfig, tenant: str | None, older: Credential | None
@@ -235,6 +258,11 @@ class CredentialManager:
         self, provider: ProviderConfig, tenant: str | None, previous: Credential | None
     ) -> Credential:
         key = (provider.name, tenant or "")
+        # known before anything is sent (no login or install yet): raises NotConnected here,
+        # with no store lock taken and no state kept for a tenant that may never exist
+        probe = provider.scheme.credential_flow(previous, tenant, self._clock())
+        if probe is not None:
+            probe.close()
         state = self.states.setdefault(key, KeyState())
         now = self._clock()
         if now < state.next_attempt:

@@ -16,34 +16,27 @@ Read timeouts are not kept here: forward.py's watchdog cancels the waiting task.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import ssl
-from collections import deque
-from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, Callable
 from typing import Any, Final
 
-import aiohappyeyeballs
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
+from proxy.http1 import BadUpstreamAnswer
+from proxy.origin import Origin
 from proxy.routing import Upstream
+
+__all__ = ["BadUpstreamAnswer", "RequestBodyLost", "UnsafeHeader", "UpstreamPool"]
 
 PER_ORIGIN: Final = 256  # busy connections per upstream; more requests wait for one
 KEEPALIVE: Final = 60.0  # an idle connection is closed after this many seconds
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-class BadUpstreamAnswer(Exception):
-    """The upstream's answer cannot be relayed; the text says what it was, in keyhop's words
-    (never the upstream's bytes)."""
 
 
 class RequestBodyLost(ConnectionResetError):
@@ -63,8 +56,8 @@ class UpstreamResponse:
 
     def __init__(
         self,
-        origin: _Origin,
-        conn: ResponseHandler,
+        origin: Origin,
+        conn: CheckedResponseHandler,
         status: int,
         reason: str,
         headers: CIMultiDictProxy[str],
@@ -76,7 +69,7 @@ class UpstreamResponse:
         self.headers = headers
         self.content = content
         self.host = origin.host  # for error messages
-        self._origin: _Origin | None = origin
+        self._origin: Origin | None = origin
         self._conn = conn
         self._writer = writer
 
@@ -92,114 +85,11 @@ class UpstreamResponse:
         origin.release(self._conn, reusable)
 
 
-@dataclass(eq=False)
-class _Origin:
-    """The connections to one upstream (host, port, TLS settings): routes to one host under
-    different base paths share them, and share the limit."""
-
-    host: str
-    port: int
-    ssl: ssl.SSLContext | None
-    host_line: str  # "Host: example.com" (port only when not the scheme's default)
-    limit: int
-    keepalive: float
-    idle: deque[tuple[ResponseHandler, float]] = field(default_factory=deque)
-    busy: int = 0
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    closed: bool = False
-
-    async def acquire(
-        self, loop: asyncio.AbstractEventLoop, connect_timeout: float
-    ) -> tuple[ResponseHandler, bool]:
-        """A connection and whether it was used before (the upstream may have closed it).
-        When all are busy, requests wait in arrival order; a freed slot is handed straight
-        to the first of them, so no newcomer can take it first."""
-        if self.busy >= self.limit:
-            waiter = loop.create_future()
-            self.waiters.append(waiter)
-            try:
-                await waiter  # woken with the slot already ours (busy counts it)
-            except asyncio.CancelledError:
-                if not waiter.cancelled():
-                    self.free_slot()  # it was our turn: pass it on
-                elif waiter in self.waiters:  # (a release may have skipped and dropped it)
-                    self.waiters.remove(waiter)
-                raise
-        else:
-            self.busy += 1
-        idle = self.idle
-        while idle:
-            conn, _ = idle.pop()  # the most recent: the likeliest to be alive
-            if conn.is_connected() and not conn.should_close:
-                return conn, True
-            conn.close()
-        try:
-            async with asyncio.timeout(connect_timeout):
-                return await self._connect(loop), False
-        except BaseException:
-            self.free_slot()
-            raise
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
-        # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
-        # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
-        infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM
-        )
-        sock = await aiohappyeyeballs.start_connection(
-            infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
-        )
-        try:
-            _, conn = await loop.create_connection(
-                lambda: ResponseHandler(loop),
-                sock=sock,
-                ssl=self.ssl,
-                server_hostname=self.host if self.ssl is not None else None,
-            )
-        except BaseException:
-            sock.close()
-            raise
-        return conn
-
-    def release(self, conn: ResponseHandler, reusable: bool) -> None:
-        if reusable and not self.closed and conn.is_connected() and not conn.should_close:
-            now = asyncio.get_running_loop().time()
-            self.idle.append((conn, now))
-            self.expire(now)
-        else:
-            conn.close()
-        self.free_slot()
-
-    def free_slot(self) -> None:
-        """Hand the slot to the first waiter, or give it back."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.busy -= 1
-
-    def expire(self, now: float) -> None:
-        idle = self.idle
-        while idle and now - idle[0][1] > self.keepalive:
-            idle.popleft()[0].close()
-
-    @property
-    def unused(self) -> bool:
-        return not (self.idle or self.busy or self.waiters)
-
-    def close(self) -> None:
-        """At exit: idle connections close now, busy ones when released."""
-        self.closed = True
-        while self.idle:
-            self.idle.popleft()[0].close()
-
-
 class UpstreamPool:
     def __init__(self, per_origin: int = PER_ORIGIN, keepalive: float = KEEPALIVE) -> None:
         self.per_origin = per_origin
         self.keepalive = keepalive
-        self._origins: dict[tuple[str, int, ssl.SSLContext | None], _Origin] = {}
+        self._origins: dict[tuple[str, int, ssl.SSLContext | None], Origin] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -226,7 +116,7 @@ class UpstreamPool:
                 if origin.unused:
                     del self._origins[key]
 
-    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> _Origin:
+    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> Origin:
         context: ssl.SSLContext | None = None
         if upstream.scheme == "https":
             if isinstance(tls, ssl.SSLContext):
@@ -240,7 +130,7 @@ class UpstreamPool:
         origin = self._origins.get(key)
         if origin is None:
             host_line = f"Host: {upstream.authority}"
-            origin = _Origin(
+            origin = Origin(
                 upstream.host, upstream.port, context, host_line, self.per_origin, self.keepalive
             )
             self._origins[key] = origin
@@ -255,6 +145,7 @@ class UpstreamPool:
         target: str,
         headers: CIMultiDict[str],
         body: bytes | StreamReader | AsyncIterable[bytes] | None,
+        progress: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait for the head of its answer; the body streams after.
 
@@ -263,6 +154,10 @@ class UpstreamPool:
         when the connection failed before an answer; RequestBodyLost when the client's body
         stopped arriving; BadUpstreamAnswer for an answer that cannot be relayed; and
         UnsafeHeader, before anything is sent, when a header value could split the request.
+
+        `progress`, when given, is called each time a chunk of a streamed body has been
+        handed to the upstream's socket without back-pressure (the upstream is reading): an
+        upload that moves is not silence, whatever its length (issue 12).
         """
         origin = self._origin(upstream, tls)
         loop = asyncio.get_running_loop()
@@ -275,7 +170,7 @@ class UpstreamPool:
         if hdrs.HOST in headers:
             host_line = f"Host: {headers.popone(hdrs.HOST)}"
         try:
-            head = line + _serialize_headers(host_line, headers)
+            head = line + serialize_headers(host_line, headers)
         except ValueError:
             raise UnsafeHeader("a header value holds a control character") from None
         may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
@@ -290,6 +185,7 @@ class UpstreamPool:
                 )
                 transport = conn.transport
                 assert transport is not None
+                conn.expect_head()
                 if body is None:
                     transport.write(head)
                 elif isinstance(body, bytes):
@@ -299,7 +195,7 @@ class UpstreamPool:
                         transport.writelines((head, body))
                 else:
                     transport.write(head)
-                    writer = asyncio.create_task(_write_body(conn, body, chunked))
+                    writer = asyncio.create_task(_write_body(conn, body, chunked, progress))
                 while True:
                     try:
                         message, payload = await conn.read()
@@ -325,18 +221,9 @@ class UpstreamPool:
                 raise
 
 
-def _literal_address(host: str, port: int) -> list[aiohappyeyeballs.AddrInfoType] | None:
-    """An IP address needs no resolver (a thread hop per connection otherwise)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if address.version == 6:
-        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
-    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-
-
-def _abandon(origin: _Origin, conn: ResponseHandler, writer: asyncio.Task[None] | None) -> None:
+def _abandon(
+    origin: Origin, conn: CheckedResponseHandler, writer: asyncio.Task[None] | None
+) -> None:
     if writer is not None:
         writer.cancel()
     conn.abort()
@@ -358,7 +245,12 @@ def _frame(method: str, headers: CIMultiDict[str], body: object) -> bool:
     return True
 
 
-async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
+async def _write_body(
+    conn: CheckedResponseHandler,
+    body: Any,
+    chunked: bool,
+    progress: Callable[[], None] | None,
+) -> None:
     """Stream a request body, paced by the upstream's reading. A body that fails to arrive
     (the client went away) cuts the upstream connection, so the upstream never takes a
     short body for a whole one."""
@@ -374,7 +266,9 @@ async def _write_body(conn: ResponseHandler, body: Any, chunked: bool) -> None:
             else:
                 transport.write(chunk)
             if conn.writing_paused:
-                await conn._drain_helper()
+                await drain(conn)
+            if progress is not None:
+                progress()
         if chunked:
             transport.write(b"0\r\n\r\n")
     except asyncio.CancelledError:

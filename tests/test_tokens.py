@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiohttp import web
 
 from proxy.errors import CredentialError
 from proxy.messages import HttpResponse
 from proxy.tokens import Credential, parse_token_response
+from tests.conftest import MakeProxy, StartUpstream
 
 
 def answer(body: object, status: int = 200) -> HttpResponse:
@@ -105,3 +107,53 @@ def test_a_credential_round_trips_through_json_and_hides_secrets_in_repr() -> No
     assert Credential.from_json(cred.to_json()) == cred
     assert "tok" not in repr(cred)
     assert "refresh" not in repr(cred)
+
+
+# --- hostile token endpoints (issue 12 item 5) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 50_000 + b"]" * 50_000, b'{"access_token":' * 50_000, b'{"a":"' + b"x" * 2_000_000],
+    ids=["50000-deep-list", "50000-deep-object", "over-a-mebibyte"],
+)
+def test_a_deeply_nested_or_huge_token_answer_is_a_credential_error(raw: bytes) -> None:
+    with pytest.raises(CredentialError, match="not a JSON object"):
+        parse_token_response("p", answer(raw), 0.0)
+
+
+async def test_a_token_endpoint_answering_50000_deep_json_gets_credential_error_with_backoff(
+    upstream: StartUpstream, proxy: MakeProxy, echo_app: web.Application
+) -> None:
+    calls = 0
+
+    async def token(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        deep = b'{"access_token":' * 50_000 + b'"t"' + b"}" * 50_000
+        return web.Response(body=deep, content_type="application/json")
+
+    token_app = web.Application()
+    token_app.router.add_post("/token", token)
+    token_base = await upstream(token_app, tls=False)
+    base = await upstream(echo_app, tls=False)
+    auth = {
+        "type": "oauth2_client_credentials",
+        "token_url": token_base + "/token",
+        "client_id": "id",
+        "client_secret": "secret-5a6b",
+    }
+    client = await proxy(
+        {
+            "providers": {"p": {"auth": auth}},
+            "routes": [{"prefix": "/r", "upstream": base, "provider": "p"}],
+        }
+    )
+    first = await client.get("/r/x")
+    assert first.status == 502, await first.text()
+    assert (await first.json())["error"] == "credential_error"
+    for _ in range(10):  # inside the first backoff step: no further token request
+        resp = await client.get("/r/x")
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "credential_error"
+    assert calls == 1

@@ -1505,3 +1505,65 @@ async def test_a_fragment_never_goes_upstream(
     status, _, body = await conn.response()
     assert body == b"ok"
     assert up.requests[0].request_line == "GET /a%20b/c?q=1 HTTP/1.1"
+
+
+# --- progress while uploading (issue 12 item 2) -----------------------------------------------
+
+
+async def test_a_slow_but_steady_upload_of_tens_of_mib_reports_progress_all_along(
+    raw_upstream: StartRaw, pools: Callable[..., UpstreamPool]
+) -> None:
+    """Loopback buffers swallow the first few MiB at once, so 32 MiB read at a steady
+    ~10 MiB/s by the upstream: progress must come every few tens of ms from first byte to
+    last, never a long silence that a read deadline would take for a dead upstream."""
+    total, chunk = 32 * 1024 * 1024, 64 * 1024
+    received = 0
+
+    async def slow_reader(conn: RawConn) -> None:
+        nonlocal received
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        assert b"Content-Length: %d" % total in head
+        while received < total:
+            data = await conn.reader.read(256 * 1024)
+            if not data:
+                return
+            received += len(data)
+            await asyncio.sleep(0.025)
+        await conn.send(OK)
+
+    async def body() -> AsyncIterator[bytes]:
+        block = bytes(range(256)) * (chunk // 256)
+        for _ in range(total // chunk):
+            yield block
+
+    up = await raw_upstream(slow_reader)
+    pool = pools()
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+    headers = CIMultiDict({"Content-Length": str(total)})
+    started = loop.time()
+    resp = await pool.request(
+        up.upstream, True, 2.0, "POST", "/up", headers, body(), lambda: ticks.append(loop.time())
+    )
+    assert (resp.status, await resp.content.read()) == (200, b"ok")
+    resp.release()
+    assert received == total
+    assert len(ticks) == total // chunk  # once per chunk written
+    gaps = [b - a for a, b in zip([started, *ticks], ticks, strict=False)]
+    assert ticks[-1] - started > 1.5  # the upload took long enough to matter
+    assert max(gaps) < 0.5, max(gaps)
+
+
+async def test_without_progress_an_upload_still_arrives_whole(
+    raw_upstream: StartRaw, pools: Callable[..., UpstreamPool]
+) -> None:
+    up = await raw_upstream(keep_alive())
+    pool = pools()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield UPLOAD
+
+    resp = await pool.request(up.upstream, True, 2.0, "POST", "/x", CIMultiDict(), body())
+    assert (resp.status, await resp.content.read()) == (200, b"ok")
+    resp.release()
+    assert up.requests[0].body == UPLOAD

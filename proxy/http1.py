@@ -1,0 +1,99 @@
+"""Rules for an upstream's response head, checked on the raw bytes (RFC 9112). Pure.
+
+aiohttp's client parser is lenient where a proxy must not be: it takes a reason phrase
+with control bytes, a header name with whitespace before the colon (`Content-Length : 5`
+arrives as a field named "Content-Length "), a line folded onto the one before (obs-fold)
+and a whitespace-led line after the status line as a header. A proxy that relays such an
+answer lets its client and the upstream disagree on the message (RFC 9112 11.2). So the
+raw head is held to the grammar here, before aiohttp parses it, and what breaks it is a
+502 (RFC 9112 5.2 allows a proxy to answer an obs-fold with 502; 5.1 and 2.2 require the
+rest to be rejected).
+
+Rules:
+- status-line = HTTP-version SP 3DIGIT SP reason-phrase (RFC 9112 4); the version is
+  HTTP/1.0 or HTTP/1.1; the code in 100-599 (RFC 9110 15); the reason phrase holds only
+  HTAB, SP, VCHAR and obs-text. A missing reason (`HTTP/1.1 200`) is tolerated.
+- field-line = field-name ":" OWS field-value OWS (RFC 9112 5): the name a token, no
+  whitespace before the colon, the value without control characters but HTAB.
+- no line begins with whitespace (obs-fold, RFC 9112 5.2; or whitespace before the first
+  field, RFC 9112 2.2); a bare CR anywhere is refused; a bare LF ends a line (2.2 allows).
+- framing (RFC 9112 6): at most one Content-Length, 1 to 18 digits; Transfer-Encoding
+  only on HTTP/1.1, only `chunked` (keyhop decodes no other transfer coding), and never
+  beside Content-Length.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: the largest response head accepted; aiohttp's own limits are per line (8190 bytes)
+MAX_RESPONSE_HEAD: Final = 128 * 1024
+
+_HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
+# possessive: a line of blanks ending in a control byte must not cost quadratic backtracking
+_FIELD_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]++):([\t\x20-\x7e\x80-\xff]*+)")
+_NAME: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
+_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
+
+
+class BadUpstreamAnswer(Exception):
+    """The upstream's answer cannot be relayed; the text says what it was, in keyhop's words
+    (never the upstream's bytes)."""
+
+
+def _bad(rule: str) -> BadUpstreamAnswer:
+    return BadUpstreamAnswer(f"something that is not HTTP: {rule}")
+
+
+def head_end(buffer: bytes | bytearray | memoryview) -> int | None:
+    """Where the head in `buffer` ends (the index after its blank line), or None."""
+    found = _HEAD_END.search(buffer)
+    return None if found is None else found.end()
+
+
+def check_response_head(head: bytes) -> int:
+    """The status code of a whole response head (blank line included); raises
+    BadUpstreamAnswer naming the rule it breaks."""
+    if b"\r" in head.replace(b"\r\n", b""):
+        raise _bad("a bare CR in its head")
+    status_line, *lines = head.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
+    status = _STATUS_LINE.fullmatch(status_line)
+    if status is None:
+        raise _bad("a status line that is not HTTP/1.x (or a control byte in it)")
+    code = int(status.group(2))
+    if not 100 <= code <= 599:
+        raise _bad(f"status {code}, outside 100-599")
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise _bad("a header line folded onto the one before (obs-fold)")
+        field = _FIELD_LINE.fullmatch(line)
+        if field is None:
+            named = _NAME.match(line)
+            if named is not None and len(named.group(1)) <= 64:
+                # a token is safe to name (no control byte, no quote, no space)
+                raise _bad(f"a control character in header {named.group(1).decode('ascii')}")
+            raise _bad(
+                "a header line that is not `name: value` (a name that is not a token, or "
+                "whitespace before the colon)"
+            )
+        name, value = field.group(1).lower(), field.group(2).strip(b" \t")
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.extend(c.strip(b" \t").lower() for c in value.split(b","))
+    if len(lengths) > 1:
+        raise _bad("more than one Content-Length")
+    if lengths and _DIGITS.fullmatch(lengths[0]) is None:
+        raise _bad("a Content-Length that is not a plain number")
+    if codings:
+        if status.group(1) == b"0":
+            raise _bad("Transfer-Encoding on an HTTP/1.0 answer")
+        if codings != [b"chunked"]:
+            raise _bad("a Transfer-Encoding other than chunked")
+        if lengths:
+            raise _bad("both Transfer-Encoding and Content-Length")
+    return code
