@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import ipaddress
-import json
 import secrets
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +23,7 @@ from proxy.auth.oauth2 import AuthorizationCode, pkce_pair
 from proxy.console_session import CONSOLE, set_flash
 from proxy.errors import BadRequest, BadSignature, CredentialError, NoRoute
 from proxy.flows import run_flow
+from proxy.messages import parse_json
 from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
 from proxy.runtime import Keyhop
 from proxy.tokens import Credential
@@ -215,10 +215,9 @@ async def _app_install(
             return _redirect(scheme.after_install_url)
         return _page("Connected", f"Shop {shop} is connected to keyhop ({provider.name}).")
     if action == "webhook" and request.method == "POST":
-        try:
-            payload = json.loads(await request.content.read(64 * 1024))
-        except ValueError:
-            raise BadRequest("the webhook body is not JSON") from None
+        payload = parse_json(await request.content.read(64 * 1024))
+        if payload is None:
+            raise BadRequest("the webhook body is not JSON")
         if not isinstance(payload, dict) or not scheme.verify_webhook(payload):
             raise BadSignature("webhook refused: the hmac does not match", provider=provider.name)
         data = payload["data"]

@@ -23,6 +23,8 @@ from typing import Final
 
 from aiohttp import web
 
+from proxy.messages import parse_json
+
 KEY_COOKIE: Final = "keyhop_key"
 CSRF_COOKIE: Final = "keyhop_csrf"
 FLASH_COOKIE: Final = "keyhop_flash"
@@ -112,10 +114,7 @@ def pop_flash(request: web.BaseRequest, response: web.StreamResponse) -> tuple[b
         return None
     response.del_cookie(FLASH_COOKIE, path=CONSOLE, httponly=True, samesite="Strict")
     data = _unb64(raw)
-    try:
-        payload = json.loads(data) if data else None
-    except ValueError:
-        return None
+    payload = parse_json(data) if data else None  # a cookie is the client's: bounded
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         return None
     return bool(payload.get("ok")), payload["text"][:FLASH_MAX]

@@ -16,7 +16,6 @@ Rules (after h11's _state.py), each with a test named after it:
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from proxy.access import AccessInfo
 from proxy.budget import MAX_THROTTLE_RETRIES, MAX_THROTTLE_WAIT
 from proxy.deadlines import Deadline
 from proxy.errors import ProxyError, RateLimited, UpstreamTimeout, UpstreamUnreachable
-from proxy.messages import dotted
+from proxy.messages import dotted, parse_json
 from proxy.outbound import Outbound
 from proxy.providers import ResponseMatch
 from proxy.ratelimit import reset_time, retry_after_seconds
@@ -80,10 +79,7 @@ async def _peek(kh: Keyhop, up: UpstreamResponse, deadline: Deadline) -> tuple[A
     finally:
         deadline.at = math.inf
     raw = b"".join(chunks)
-    try:
-        return json.loads(raw), raw
-    except ValueError:
-        return None, raw
+    return parse_json(raw), raw  # bounded: an answer nested 50,000 deep is just not JSON
 
 
 async def exchange(

@@ -206,6 +206,7 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("unexpected error handling a request")
+        kh.metrics.internal_error()  # every one is a bug
         info.error = "internal_error"
         status = 500
         return error_response(None, ProxyError("keyhop failed; see its log"))

@@ -23,7 +23,12 @@ async def send(
     """Send and wait for the head of the answer, under the read deadline."""
     upstream = outbound.upstream
     host = upstream.host
-    deadline.extend(asyncio.get_running_loop().time())
+    loop = asyncio.get_running_loop()
+    deadline.extend(loop.time())
+
+    def progress() -> None:  # a body still going up is not a silent upstream
+        deadline.extend(loop.time())
+
     try:
         return await kh.upstreams.request(
             upstream,
@@ -33,6 +38,7 @@ async def send(
             outbound.target,
             CIMultiDict(outbound.headers),  # the sender adds the body's framing to its copy
             outbound.body,
+            progress,
         )
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):

@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer
 from proxy.app import LINE_LIMIT, create_app
-from proxy.config import Config, load_config
+from proxy.config import ClientTimeouts, Config, load_config
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.forward import handle
 from proxy.logs import AccessWriter, JsonFormatter
@@ -37,9 +37,9 @@ from proxy.runtime import KEYHOP
 
 log = logging.getLogger("keyhop")
 
-HEAD_TIMEOUT: Final = 10.0
+HEAD_TIMEOUT: Final = ClientTimeouts.head  # 10 s; `timeouts.head` in the config
 MAX_HEAD_BYTES: Final = 64 * 1024
-KEEPALIVE_TIMEOUT: Final = 75.0  # nginx's default; below common client pools' idle limits
+KEEPALIVE_TIMEOUT: Final = ClientTimeouts.keepalive  # 75 s, nginx's; `timeouts.keepalive`
 _REASONS: Final = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
 
@@ -145,7 +145,8 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await handle(kh, request)
 
-    server = create_server(handler)
+    limits = config.timeouts  # read at start: a reload that changes them needs a restart
+    server = create_server(handler, head_timeout=limits.head, keepalive_timeout=limits.keepalive)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
@@ -185,6 +186,9 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
             log.warning("store changed in %s; restart keyhop to switch stores", path)
         if new.listen != kh.runtime.config.listen:
             log.warning("listen changed in %s; restart keyhop to move", path)
+        old = kh.runtime.config.timeouts
+        if (new.timeouts.head, new.timeouts.keepalive) != (old.head, old.keepalive):
+            log.warning("timeouts.head/keepalive changed in %s; restart keyhop to apply", path)
         kh.reload(new)
         formatter.redact = kh.runtime.redact
         log.info("reloaded %s: %d routes, %d providers", path, len(new.routes), len(new.providers))
