@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import aiohappyeyeballs
 
 from proxy.aiohttp_private import CheckedResponseHandler
+from proxy.tunnel import ProxyTarget, open_tunnel
 
 
 @dataclass(eq=False)
@@ -30,6 +31,9 @@ class Origin:
     busy: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     closed: bool = False
+    #: an egress proxy (SPEC 5.3): each new connection is a CONNECT tunnel through it, and TLS
+    #: runs inside the tunnel, end to end with the partner
+    proxy: ProxyTarget | None = None
 
     async def acquire(
         self, loop: asyncio.AbstractEventLoop, connect_timeout: float
@@ -57,21 +61,28 @@ class Origin:
                 return conn, True
             conn.close()
         try:
-            async with asyncio.timeout(connect_timeout):
-                return await self._connect(loop), False
+            # through a proxy, the tunnel has its own limit (EgressError names the proxy);
+            # this outer one is for the TLS handshake after it
+            async with asyncio.timeout(connect_timeout * (1 if self.proxy is None else 2)):
+                return await self._connect(loop, connect_timeout), False
         except BaseException:
             self.free_slot()
             raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> CheckedResponseHandler:
-        # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
-        # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
-        infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM
-        )
-        sock = await aiohappyeyeballs.start_connection(
-            infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
-        )
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, connect_timeout: float
+    ) -> CheckedResponseHandler:
+        if self.proxy is not None:
+            sock = await open_tunnel(self.proxy, self.host, self.port, timeout=connect_timeout)
+        else:
+            # Happy Eyeballs (RFC 8305), as aiohttp's connector does: a host with an address
+            # that does not answer (IPv6 without a route, say) falls back to the next in 250 ms
+            infos = _literal_address(self.host, self.port) or await loop.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM
+            )
+            sock = await aiohappyeyeballs.start_connection(
+                infos, happy_eyeballs_delay=0.25, interleave=1, loop=loop
+            )
         try:
             _, conn = await loop.create_connection(
                 lambda: CheckedResponseHandler(loop),

@@ -11,6 +11,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from proxy.deadlines import Deadline
+from proxy.egress import EgressError, proxy_for
 from proxy.errors import CredentialError, UpstreamTimeout, UpstreamUnreachable
 from proxy.outbound import Outbound
 from proxy.runtime import Keyhop, ProviderRuntime
@@ -39,6 +40,7 @@ async def send(
             CIMultiDict(outbound.headers),  # the sender adds the body's framing to its copy
             outbound.body,
             progress,
+            proxy_for(prt.config.egress, upstream.scheme, upstream.host),
         )
     except asyncio.CancelledError:
         if kh.deadlines.expired(deadline):
@@ -46,6 +48,8 @@ async def send(
                 f"{host} did not answer within {prt.config.timeouts.read:g} s"
             ) from None
         raise
+    except EgressError as exc:  # an OSError: before the generic ones; names the proxy
+        raise UpstreamUnreachable(str(exc)) from None
     except ssl.SSLCertVerificationError:
         raise UpstreamUnreachable(f"the TLS certificate of {host} could not be verified") from None
     except ssl.SSLError:

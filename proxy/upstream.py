@@ -30,6 +30,7 @@ from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_heade
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
 from proxy.routing import Upstream
+from proxy.tunnel import ProxyTarget
 
 __all__ = ["BadUpstreamAnswer", "RequestBodyLost", "UnsafeHeader", "UpstreamPool"]
 
@@ -89,7 +90,7 @@ class UpstreamPool:
     def __init__(self, per_origin: int = PER_ORIGIN, keepalive: float = KEEPALIVE) -> None:
         self.per_origin = per_origin
         self.keepalive = keepalive
-        self._origins: dict[tuple[str, int, ssl.SSLContext | None], Origin] = {}
+        self._origins: dict[tuple[str, int, ssl.SSLContext | None, ProxyTarget | None], Origin] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -116,7 +117,9 @@ class UpstreamPool:
                 if origin.unused:
                     del self._origins[key]
 
-    def _origin(self, upstream: Upstream, tls: ssl.SSLContext | bool) -> Origin:
+    def _origin(
+        self, upstream: Upstream, tls: ssl.SSLContext | bool, proxy: ProxyTarget | None = None
+    ) -> Origin:
         context: ssl.SSLContext | None = None
         if upstream.scheme == "https":
             if isinstance(tls, ssl.SSLContext):
@@ -126,12 +129,18 @@ class UpstreamPool:
                     self._default_tls = ssl.create_default_context()
                     self._default_tls.set_alpn_protocols(["http/1.1"])
                 context = self._default_tls
-        key = (upstream.host, upstream.port, context)
+        key = (upstream.host, upstream.port, context, proxy)
         origin = self._origins.get(key)
         if origin is None:
             host_line = f"Host: {upstream.authority}"
             origin = Origin(
-                upstream.host, upstream.port, context, host_line, self.per_origin, self.keepalive
+                upstream.host,
+                upstream.port,
+                context,
+                host_line,
+                self.per_origin,
+                self.keepalive,
+                proxy=proxy,
             )
             self._origins[key] = origin
         return origin
@@ -146,6 +155,7 @@ class UpstreamPool:
         headers: CIMultiDict[str],
         body: bytes | StreamReader | AsyncIterable[bytes] | None,
         progress: Callable[[], None] | None = None,
+        proxy: ProxyTarget | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait for the head of its answer; the body streams after.
 
@@ -159,7 +169,7 @@ class UpstreamPool:
         handed to the upstream's socket without back-pressure (the upstream is reading): an
         upload that moves is not silence, whatever its length (issue 12).
         """
-        origin = self._origin(upstream, tls)
+        origin = self._origin(upstream, tls, proxy)
         loop = asyncio.get_running_loop()
         chunked = _frame(method, headers, body)
         # the request line is not checked by _serialize_headers' control-character guard: the
