@@ -103,11 +103,11 @@ async def _renew(kh: Keyhop, request: web.BaseRequest, fields: Fields) -> web.St
     if isinstance(provider.scheme, AuthorizationCode) and not (current and current.refresh_token):
         return back(kh, f"{who} is not connected: Connect first.", ok=False)
     try:
-        if current is not None:
-            await kh.manager.invalidate(provider, tenant, current)
-        credential, _ = await kh.manager.get(provider, tenant)
+        credential, failure = await kh.manager.renew(provider, tenant)
     except ProxyError as exc:
         return back(kh, f"Renewing {who} failed: {exc.message}", ok=False)
+    if failure is not None:  # the current credential stays in use until it expires
+        return back(kh, f"Renewing {who} failed: {failure}", ok=False)
     until = (
         "never expires"
         if credential.expires_at is None

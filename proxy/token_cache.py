@@ -194,6 +194,21 @@ class CredentialManager:
 
         self._renewing[key] = asyncio.create_task(renew())
 
+    async def renew(
+        self, provider: ProviderConfig, tenant: str | None
+    ) -> tuple[Credential, str | None]:
+        """Fetch a fresh credential now (the console's Renew), single-flight like any other
+        fetch; when the provider refuses, the current credential stays in use until its
+        real expiry. Returns the credential in use and, when renewing failed, why."""
+        key = (provider.name, tenant or "")
+        async with self._key_lock(key):
+            current = self._cache.get(key) or await self._stored(provider, tenant)
+            credential = await self._fetch(provider, tenant, current)
+        if current is not None and credential is current:
+            state = self.states.get(key)
+            return credential, state.last_error if state and state.last_error else "not renewed"
+        return credential, None
+
     async def _obtain(
         self, provider: ProviderConfig, tenant: str | None, stale: Credential | None
     ) -> tuple[Credential, str]:

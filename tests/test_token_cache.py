@@ -12,7 +12,7 @@ import pytest
 
 from proxy.auth import CredentialFlow
 from proxy.config import ProviderConfig
-from proxy.errors import NotConnected
+from proxy.errors import CredentialError, NotConnected
 from proxy.store import MemoryStore
 from proxy.token_cache import CredentialManager
 from proxy.tokens import Credential
@@ -166,3 +166,36 @@ async def test_a_tenant_that_fetched_keeps_its_state_for_providers_view(clock: C
     assert list(manager.states) == [("p", "shop-1")]
     assert manager.states[("p", "shop-1")].fetches == 1
     assert store.writes > 0  # the lock and the new credential
+
+
+class RefusingRunner(Runner):
+    """Issues one token, then the token endpoint refuses."""
+
+    async def __call__(self, provider: ProviderConfig, flow: CredentialFlow) -> Credential:
+        if self.calls:
+            self.calls += 1
+            flow.close()
+            raise CredentialError("token endpoint of p refused: invalid_client", provider="p")
+        return await super().__call__(provider, flow)
+
+
+async def test_renew_fetches_a_new_credential_at_once(clock: Clock) -> None:
+    runner = Runner(clock)
+    manager = CredentialManager(CountingStore(clock), runner, clock=clock)
+    cc = provider("client_credentials")
+    first, _ = await manager.get(cc, "shop-1")
+    renewed, failure = await manager.renew(cc, "shop-1")
+    assert failure is None
+    assert (first.token, renewed.token, runner.calls) == ("tok-1", "tok-2", 2)
+    assert (await manager.get(cc, "shop-1"))[0].token == "tok-2"
+
+
+async def test_a_refused_renew_keeps_the_current_credential_in_use(clock: Clock) -> None:
+    runner = RefusingRunner(clock)
+    manager = CredentialManager(CountingStore(clock), runner, clock=clock)
+    cc = provider("client_credentials")
+    first, _ = await manager.get(cc, "shop-1")
+    kept, failure = await manager.renew(cc, "shop-1")
+    assert failure is not None and "invalid_client" in failure
+    assert kept.token == first.token == "tok-1"
+    assert (await manager.get(cc, "shop-1"))[0].token == "tok-1"  # still served
