@@ -32,11 +32,11 @@ from proxy.console_session import (
     csrf_ok,
     csrf_token,
     keep_key,
-    key_matches,
     pop_flash,
 )
 from proxy.console_view import ProviderFacts, console_page
 from proxy.errors import NoRoute
+from proxy.gate import key_matches
 from proxy.runtime import Keyhop, ProviderRuntime
 
 if TYPE_CHECKING:

@@ -52,14 +52,6 @@ def _set(response: web.StreamResponse, name: str, value: str, path: str) -> None
 # -- the client key ------------------------------------------------------------------------------
 
 
-def key_matches(keys: tuple[bytes, ...], given: bytes) -> bool:
-    """`given` is one of `keys`; every key is compared, each in constant time."""
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given, key)
-    return ok
-
-
 def cookie_key(request: web.BaseRequest) -> bytes:
     """The client key the console's cookie holds (empty when there is none)."""
     return _unb64(request.cookies.get(KEY_COOKIE, "")) or b""

@@ -17,14 +17,19 @@ def check_target(request: web.BaseRequest) -> None:
         raise BadRequest("only origin-form request targets (/path) are accepted")
 
 
+def key_matches(keys: tuple[bytes, ...], given: bytes) -> bool:
+    """`given` is one of `keys`; every key is compared, each in constant time."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given, key)
+    return ok
+
+
 def check_client_key(runtime: Runtime, request: web.BaseRequest) -> None:
     """`clients.keys`, on every listen address, compared in constant time."""
     keys = runtime.client_keys
     if not keys:
         return
     given = request.headers.get("X-Keyhop-Key", "").encode("utf-8", "surrogateescape")
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(given, key)
-    if not ok:
+    if not key_matches(keys, given):
         raise ClientKeyRequired("this proxy needs a valid X-Keyhop-Key header")
