@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,14 +25,13 @@ from typing import Final, Protocol
 from cachetools import TLRUCache
 
 from proxy.auth import CredentialFlow
+from proxy.backoff import KeyState, fallback
 from proxy.errors import CredentialError, LoginExpired, NotConnected
 from proxy.providers import ProviderConfig
 from proxy.store import Store
 from proxy.tokens import Credential
 
 LOCK_TTL: Final = 30.0  # SPEC 4.4: a dead lock holder blocks the others at most this long
-BACKOFF_FIRST: Final = 1.0
-BACKOFF_MAX: Final = 60.0
 POLL_INTERVAL: Final = 0.05
 RECHECK: Final = 5.0  # seconds between checks of a cached credential against the store
 
@@ -43,19 +41,6 @@ FlowRunner = Callable[[ProviderConfig, CredentialFlow], Awaitable[Credential]]
 
 class FetchObserver(Protocol):
     def token_fetch(self, provider: str, ok: bool) -> None: ...
-
-
-@dataclass
-class KeyState:
-    """What /-/providers shows for one provider and tenant; never the credential itself."""
-
-    failures: int = 0
-    next_attempt: float = 0.0
-    last_error: str | None = None
-    last_error_at: float | None = None
-    last_fetch_at: float | None = None
-    fetches: int = 0
-    last_exception: CredentialError | LoginExpired | None = None
 
 
 @dataclass
@@ -281,7 +266,7 @@ class CredentialManager:
         state = self.states.setdefault(key, KeyState())
         now = self._clock()
         if now < state.next_attempt:
-            return self._fallback(provider, previous, state, now)
+            return fallback(provider.name, previous, state, now)
         owner = await self.store.acquire(provider.name, tenant, self.lock_ttl)
         while owner is None:
             # another process is fetching: take its result from the store when it lands
@@ -301,13 +286,8 @@ class CredentialManager:
             except (CredentialError, LoginExpired) as exc:
                 # only answers from the provider count; a plain NotConnected sent nothing
                 self._observe(provider.name, ok=False)
-                state.last_exception = exc
-                state.failures += 1
-                step = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (state.failures - 1))
-                state.next_attempt = self._clock() + step * random.uniform(1.0, 1.25)
-                state.last_error = exc.message
-                state.last_error_at = self._clock()
-                return self._fallback(provider, previous, state, self._clock(), exc)
+                state.failed(exc, self._clock())
+                return fallback(provider.name, previous, state, self._clock(), exc)
             self._observe(provider.name, ok=True)
             # persisted before first use: a rotated refresh token must never be lost
             credential = replace(credential, identity=provider.scheme.identity())
@@ -360,28 +340,6 @@ class CredentialManager:
                     ) from None
                 raise
         raise AssertionError("unreachable")
-
-    def _fallback(
-        self,
-        provider: ProviderConfig,
-        previous: Credential | None,
-        state: KeyState,
-        now: float,
-        exc: CredentialError | LoginExpired | None = None,
-    ) -> Credential:
-        """While backing off: the old credential until its real expiry, then the error."""
-        if previous is not None and not previous.is_expired(now):
-            return previous
-        if exc is not None:
-            raise exc
-        wait = max(1, math.ceil(state.next_attempt - now))
-        if isinstance(state.last_exception, LoginExpired):
-            raise LoginExpired(state.last_exception.message, provider=provider.name)
-        raise CredentialError(
-            f"could not get a credential for {provider.name}: {state.last_error}; "
-            f"next attempt in {wait} s",
-            provider=provider.name,
-        )
 
     def _observe(self, provider: str, ok: bool) -> None:
         if self._observer is not None:
