@@ -267,6 +267,11 @@ class MessageSignatureUpstream(VerifyingUpstream):
 # --- HMAC recipes, verified with Python's hmac -------------------------------------------------
 
 
+def sha_message(rec: Received, ts: str) -> bytes:
+    """timestamp ‖ method ‖ raw target ‖ hex SHA-256 of the body, as received."""
+    return (ts + rec.method + rec.raw_path + hashlib.sha256(rec.body or b"").hexdigest()).encode()
+
+
 class HmacUpstream(VerifyingUpstream):
     """A partner that signs `message(rec, timestamp)` with HMAC-SHA256 (hex) in
     `X-Signature`, with the timestamp in `X-Timestamp`: 401 on a mismatch."""

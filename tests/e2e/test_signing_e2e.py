@@ -24,6 +24,7 @@ from tests.e2e.signing_fakes import (
     OAuth1Upstream,
     Received,
     SigV4Upstream,
+    sha_message,
 )
 from tests.e2e.signing_helpers import RFC9421, SHARED_SECRET, config, replay
 from tests.support import ROOT
@@ -230,10 +231,6 @@ async def test_the_shipped_binance_recipe_is_accepted_by_the_exchange_fake(
     assert fake.last_resource_headers["X-MBX-APIKEY"] == "sandbox-exchange-api-key"
 
 
-def _sha_message(rec: Received, ts: str) -> bytes:
-    return (ts + rec.method + rec.raw_path + hashlib.sha256(rec.body or b"").hexdigest()).encode()
-
-
 def _body_message(rec: Received, ts: str) -> bytes:
     return f"{ts}\n{rec.method}\n{rec.raw_path}\n".encode() + (rec.body or b"")
 
@@ -241,7 +238,7 @@ def _body_message(rec: Received, ts: str) -> bytes:
 @pytest.mark.parametrize(
     ("message", "check"),
     [
-        ("{timestamp}{method}{target}{body_sha256}", _sha_message),
+        ("{timestamp}{method}{target}{body_sha256}", sha_message),
         ("{timestamp}\n{method}\n{target}\n{body}", _body_message),
     ],
     ids=["body_sha256", "body"],

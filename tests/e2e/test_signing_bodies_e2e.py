@@ -1,0 +1,122 @@
+"""Signing and bodies through a real keyhop (SPEC 5.1, 5.4): a signer that covers the body
+buffers it up to `body_max_bytes` and answers 413 past it with nothing sent; one that does
+not lets a 64 MiB upload stream through `keyhop serve` in constant memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import MakeProxy, StartUpstream
+from tests.e2e.signing_fakes import HmacUpstream, SigV4Upstream, sha_message
+from tests.e2e.signing_helpers import config
+from tests.support import KeyhopProcess, write_config
+from tests.test_streaming import peak_rss
+
+MiB = 1024 * 1024
+SECRET = "bodies-secret-e2e"
+#: covers the body (its SHA-256) and lets at most 1 KiB of it be buffered
+COVERING = {
+    "type": "hmac",
+    "key": SECRET,
+    "message": "{timestamp}{method}{target}{body_sha256}",
+    "timestamp": "unix_ms",
+    "headers": {"X-Timestamp": "{timestamp}", "X-Signature": "{signature}"},
+    "body_max_bytes": 1024,
+}
+
+
+async def chunks(*sizes: int) -> AsyncIterator[bytes]:
+    """A body of unknown length (chunked transfer coding)."""
+    for size in sizes:
+        yield b"c" * size
+        await asyncio.sleep(0)
+
+
+async def test_a_body_over_body_max_bytes_is_413_and_never_reaches_the_upstream(
+    upstream: StartUpstream, proxy: MakeProxy, ca_file: str
+) -> None:
+    fake = HmacUpstream(SECRET, sha_message)
+    client = await proxy(config(await upstream(fake.app), ca_file, COVERING))
+    resp = await client.post("/p/upload", data=b"x" * 2048)
+    assert resp.status == 413
+    body = await resp.json()
+    assert body["error"] == "body_too_large" and body["provider"] == "p"
+    assert fake.requests == 0
+
+
+async def test_a_body_of_exactly_body_max_bytes_is_signed_and_sent(
+    upstream: StartUpstream, proxy: MakeProxy, ca_file: str
+) -> None:
+    fake = HmacUpstream(SECRET, sha_message)
+    client = await proxy(config(await upstream(fake.app), ca_file, COVERING))
+    body = bytes(range(256)) * 4  # 1024 bytes
+    resp = await client.post("/p/upload", data=body)
+    assert resp.status == 200, (await resp.text(), fake.refusals)
+    assert fake.requests == 1 and fake.received[0].body == body
+
+
+async def test_a_chunked_body_of_unknown_length_is_413_past_the_limit_and_signed_below_it(
+    upstream: StartUpstream, proxy: MakeProxy, ca_file: str
+) -> None:
+    fake = HmacUpstream(SECRET, sha_message)
+    client = await proxy(config(await upstream(fake.app), ca_file, COVERING))
+    try:
+        resp = await client.post("/p/upload", data=chunks(512, 512, 512, 512))
+        assert resp.status == 413
+        assert (await resp.json())["error"] == "body_too_large"
+    except aiohttp.ClientConnectionError:
+        pass  # keyhop may close before the client finished sending: also never sent on
+    assert fake.requests == 0
+    resp = await client.post("/p/upload", data=chunks(400, 400))
+    assert resp.status == 200, (await resp.text(), fake.refusals)
+    (rec,) = fake.received
+    assert rec.body == b"c" * 800 and "Transfer-Encoding" not in rec.headers
+
+
+async def test_a_64_mib_upload_streams_through_a_signer_that_does_not_cover_the_body(
+    upstream: StartUpstream,
+    processes: Callable[..., KeyhopProcess],
+    tmp_path: Path,
+    ca_file: str,
+) -> None:
+    """S3 with UNSIGNED-PAYLOAD: the signature covers the headers only, so the upload is
+    not buffered (README: "A signer that does not cover the body leaves requests
+    streaming"); the fake verifies with botocore before reading the body."""
+    fake = SigV4Upstream("AKIDSTREAM", "stream/secret", "eu-west-1", "s3")
+    base = await upstream(fake.app)
+    sign = {
+        "type": "aws_sigv4",
+        "region": "eu-west-1",
+        "service": "s3",
+        "access_key_id": "AKIDSTREAM",
+        "secret_access_key": "stream/secret",
+        "unsigned_payload": True,
+    }
+    data = config(base, ca_file, sign)
+    data["store"] = "memory:"
+    proc = processes(write_config(tmp_path / "keyhop.yaml", data))
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # warm up: imports, TLS, the connection pool, first buffers
+            async with session.put(proc.url + "/p/bucket/warm", data=chunk) as resp:
+                assert resp.status == 200, await resp.text()
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(64):
+                yield chunk
+
+        baseline = proc.rss_kib()
+        with peak_rss(proc) as peak:
+            async with session.put(proc.url + "/p/bucket/big.bin", data=body()) as resp:
+                assert resp.status == 200, (await resp.text(), fake.refusals)
+                result = await resp.json()
+    assert result["body_bytes"] == 64 * MiB
+    assert fake.refusals == [] and fake.received[-1].body_bytes == 64 * MiB
+    growth = peak() - baseline
+    print(f"keyhop RSS grew by {growth} KiB during a 64 MiB signed upload")
+    assert growth < 16 * 1024, f"keyhop grew by {growth} KiB during a 64 MiB signed upload"
