@@ -71,6 +71,7 @@ class VerifyingUpstream:
         self.requests = 0
         self.received: list[Received] = []
         self.refusals: list[str] = []
+        self.throttle_next = 0  # answer this many verified requests 429 Retry-After: 1
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
 
@@ -89,6 +90,12 @@ class VerifyingUpstream:
             self.received.append(rec)
             self.refusals.append(exc.code)
             return web.json_response({"error": exc.code}, status=exc.status)
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            self.received.append(rec)
+            return web.json_response(
+                {"error": "slow_down"}, status=429, headers={"Retry-After": "1"}
+            )
         size, crc = (len(body), zlib.crc32(body)) if body is not None else (0, 0)
         if body is None:
             async for chunk in request.content.iter_any():
@@ -276,11 +283,20 @@ class HmacUpstream(VerifyingUpstream):
     """A partner that signs `message(rec, timestamp)` with HMAC-SHA256 (hex) in
     `X-Signature`, with the timestamp in `X-Timestamp`: 401 on a mismatch."""
 
-    def __init__(self, secret: str, message: Callable[[Received, str], bytes]) -> None:
+    def __init__(
+        self,
+        secret: str,
+        message: Callable[[Received, str], bytes],
+        tokens: set[str] | None = None,
+    ) -> None:
         super().__init__()
         self.secret, self.message = secret, message
+        #: when set, `X-Token` must be one of these (401 invalid_token otherwise)
+        self.tokens = tokens
 
     def verify(self, rec: Received) -> None:
+        if self.tokens is not None and rec.headers.get("X-Token") not in self.tokens:
+            raise Refused(401, "invalid_token")
         ts = rec.headers.get("X-Timestamp", "")
         if not ts.isdigit() or abs(time.time() * 1000 - int(ts)) > 30_000:
             raise Refused(401, "timestamp")
