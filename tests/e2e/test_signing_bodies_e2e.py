@@ -120,3 +120,45 @@ async def test_a_64_mib_upload_streams_through_a_signer_that_does_not_cover_the_
     growth = peak() - baseline
     print(f"keyhop RSS grew by {growth} KiB during a 64 MiB signed upload")
     assert growth < 16 * 1024, f"keyhop grew by {growth} KiB during a 64 MiB signed upload"
+
+
+async def expect_continue(port: int, size: int) -> tuple[bytes, bytes]:
+    """POST `size` bytes the way curl does past 1 KiB: `Expect: 100-continue`, the body only
+    once the server asked for it; (interim answer or b"", final head)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /p/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+        + f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        interim = b""
+        if head.startswith(b"HTTP/1.1 100"):
+            interim = head
+            writer.write(b"e" * size)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return interim, head
+    finally:
+        writer.close()
+
+
+async def test_expect_100_continue_is_413_past_the_limit_and_signed_below_it_in_keyhop_serve(
+    upstream: StartUpstream,
+    processes: Callable[..., KeyhopProcess],
+    tmp_path: Path,
+    ca_file: str,
+) -> None:
+    """`keyhop serve` answers Expect itself (its low-level server): a body over the limit is
+    413 without hanging, nothing sent; one within it is asked for, signed and sent."""
+    fake = HmacUpstream(SECRET, sha_message)
+    data = config(await upstream(fake.app), ca_file, COVERING)
+    data["store"] = "memory:"
+    proc = processes(write_config(tmp_path / "keyhop.yaml", data))
+    _, head = await expect_continue(proc.port, 2048)
+    assert head.split(b" ", 2)[1] == b"413", head
+    assert fake.requests == 0
+    interim, head = await expect_continue(proc.port, 1000)
+    assert interim.startswith(b"HTTP/1.1 100") and head.split(b" ", 2)[1] == b"200", head
+    assert fake.refusals == [] and fake.received[0].body == b"e" * 1000
