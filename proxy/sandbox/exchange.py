@@ -133,8 +133,9 @@ class FakeExchange(FakeProvider):
         """Binance's checks; the signature first, so a request keyhop did not sign is told
         so (-1022) rather than that it lacks an API key."""
         query = request.raw_path.partition("?")[2]
-        message = total_params(query, request.get(_BODY, b""))
-        _, signature = split_signature(query)
+        body = request.get(_BODY, b"")
+        message = total_params(query, body)
+        unsigned, signature = split_signature(query)
         expected = binance_signature(self.secret_key, message)
         # "signature is not case sensitive" (Spot API docs, SIGNED endpoint security)
         if not signature or not same(signature.lower(), expected):
@@ -142,7 +143,9 @@ class FakeExchange(FakeProvider):
         api_key = request.headers.get("X-MBX-APIKEY", "")
         if not same(api_key, self.api_key):
             return json_error(401, BAD_API_KEY)
-        params = dict(parse_qsl(message.decode("utf-8", "replace"), keep_blank_values=True))
+        # query and body are concatenated with nothing between them: parse each on its own
+        text = unsigned + "&" + body.decode("utf-8", "replace")
+        params = dict(parse_qsl(text, keep_blank_values=True))
         timestamp, window = params.get("timestamp", ""), params.get("recvWindow", "")
         if not (timestamp.isascii() and timestamp.isdigit()):
             return json_error(400, NO_TIMESTAMP)

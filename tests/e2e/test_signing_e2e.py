@@ -263,3 +263,34 @@ async def test_a_body_covering_hmac_recipe_is_verified_with_pythons_hmac(
     assert rec.body == body and rec.raw_path == "/v2/orders?a=%20b"
     assert await replay(base, ca_file, rec, body=body[::-1]) == 401
     assert fake.refusals == ["signature"]
+
+
+async def test_a_binance_recipe_over_query_and_form_body_is_accepted_by_the_exchange_fake(
+    upstream: StartUpstream, proxy: MakeProxy, ca_file: str
+) -> None:
+    """README "Example: Binance": parameters in a form body are signed after the query
+    (Binance's totalParams = query string + request body)."""
+    fake = FakeExchange()
+    provider = shipped_exchange_provider()
+    provider["sign"] = {
+        **provider["sign"],
+        "message": "{query&}timestamp={timestamp}{body}",
+        "vectors": [],
+    }
+    client = await proxy(
+        {
+            "providers": {"exchange": {**provider, "ca_file": ca_file}},
+            "routes": [
+                {"prefix": "/x", "upstream": await upstream(fake.app), "provider": "exchange"}
+            ],
+        }
+    )
+    form = "quantity=1&price=0.1&recvWindow=5000"
+    resp = await client.post(
+        "/x/api/v3/order?symbol=LTCBTC&side=BUY",
+        data=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["body_bytes"] == len(form)
+    assert fake.stats()["refused"] == 0
