@@ -64,9 +64,6 @@ class Refused(Exception):
 class VerifyingUpstream:
     """Base: a catch-all app that verifies, then answers what it received (sizes only)."""
 
-    #: stream the body instead of reading it first (when the signature does not cover it)
-    streams: bool = False
-
     def __init__(self) -> None:
         self.requests = 0
         self.received: list[Received] = []
@@ -78,11 +75,14 @@ class VerifyingUpstream:
     def verify(self, rec: Received) -> None:
         raise NotImplementedError
 
+    def streams(self, headers: CIMultiDictProxy[str]) -> bool:
+        """Stream the body instead of reading it first: the signature does not cover it."""
+        return False
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         headers = CIMultiDictProxy(CIMultiDict(request.headers))
-        streams = self.streams and headers.get("X-Amz-Content-SHA256") == UNSIGNED
-        body = None if streams else await request.read()
+        body = None if self.streams(headers) else await request.read()
         rec = Received(request.method, request.raw_path, headers, body)
         try:
             self.verify(rec)
@@ -121,14 +121,15 @@ class SigV4Upstream(VerifyingUpstream):
     the received method, raw path and query, the headers named in SignedHeaders and the
     body, computes the same signature. S3 checks X-Amz-Content-SHA256 against the body."""
 
-    streams = True
-
     def __init__(
         self, access_key_id: str, secret: str, region: str, service: str, *, skew: int = 900
     ) -> None:
         super().__init__()
         self.access_key_id, self.secret = access_key_id, secret
         self.region, self.service, self.skew = region, service, skew
+
+    def streams(self, headers: CIMultiDictProxy[str]) -> bool:
+        return headers.get("X-Amz-Content-SHA256") == UNSIGNED
 
     def verify(self, rec: Received) -> None:
         found = _AWS_AUTH.fullmatch(rec.headers.get("Authorization", ""))
@@ -288,11 +289,16 @@ class HmacUpstream(VerifyingUpstream):
         secret: str,
         message: Callable[[Received, str], bytes],
         tokens: set[str] | None = None,
+        *,
+        covers_body: bool = True,
     ) -> None:
         super().__init__()
-        self.secret, self.message = secret, message
+        self.secret, self.message, self.covers_body = secret, message, covers_body
         #: when set, `X-Token` must be one of these (401 invalid_token otherwise)
         self.tokens = tokens
+
+    def streams(self, headers: CIMultiDictProxy[str]) -> bool:
+        return not self.covers_body
 
     def verify(self, rec: Received) -> None:
         if self.tokens is not None and rec.headers.get("X-Token") not in self.tokens:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import MakeProxy, StartUpstream
-from tests.e2e.signing_fakes import HmacUpstream, SigV4Upstream, sha_message
+from tests.e2e.signing_fakes import HmacUpstream, Received, SigV4Upstream, sha_message
 from tests.e2e.signing_helpers import config
 from tests.support import KeyhopProcess, write_config
 from tests.test_streaming import peak_rss
@@ -78,25 +79,44 @@ async def test_a_chunked_body_of_unknown_length_is_413_past_the_limit_and_signed
     assert rec.body == b"c" * 800 and "Transfer-Encoding" not in rec.headers
 
 
+def ts_target(rec: Received, ts: str) -> bytes:
+    return (ts + rec.method + rec.raw_path).encode()
+
+
+STREAMING_SIGNERS = {
+    # S3 with UNSIGNED-PAYLOAD: the fake verifies with botocore before reading the body
+    "aws_sigv4-s3-unsigned": (
+        lambda: SigV4Upstream("AKIDSTREAM", "stream/secret", "eu-west-1", "s3"),
+        {
+            "type": "aws_sigv4",
+            "region": "eu-west-1",
+            "service": "s3",
+            "access_key_id": "AKIDSTREAM",
+            "secret_access_key": "stream/secret",
+            "unsigned_payload": True,
+        },
+    ),
+    # an hmac recipe over the timestamp, method and target only
+    "hmac-no-body": (
+        lambda: HmacUpstream(SECRET, ts_target, covers_body=False),
+        {**COVERING, "message": "{timestamp}{method}{target}"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(STREAMING_SIGNERS))
 async def test_a_64_mib_upload_streams_through_a_signer_that_does_not_cover_the_body(
     upstream: StartUpstream,
     processes: Callable[..., KeyhopProcess],
     tmp_path: Path,
     ca_file: str,
+    kind: str,
 ) -> None:
-    """S3 with UNSIGNED-PAYLOAD: the signature covers the headers only, so the upload is
-    not buffered (README: "A signer that does not cover the body leaves requests
-    streaming"); the fake verifies with botocore before reading the body."""
-    fake = SigV4Upstream("AKIDSTREAM", "stream/secret", "eu-west-1", "s3")
+    """README: "A signer that does not cover the body leaves requests streaming" (and its
+    body_max_bytes, 1 KiB for the recipe, does not apply)."""
+    make_fake, sign = STREAMING_SIGNERS[kind]
+    fake = make_fake()
     base = await upstream(fake.app)
-    sign = {
-        "type": "aws_sigv4",
-        "region": "eu-west-1",
-        "service": "s3",
-        "access_key_id": "AKIDSTREAM",
-        "secret_access_key": "stream/secret",
-        "unsigned_payload": True,
-    }
     data = config(base, ca_file, sign)
     data["store"] = "memory:"
     proc = processes(write_config(tmp_path / "keyhop.yaml", data))
