@@ -138,9 +138,14 @@ class SigV4Upstream(VerifyingUpstream):
         if found["akid"] != self.access_key_id:
             raise Refused(403, "InvalidAccessKeyId")
         amz_date = rec.headers.get("X-Amz-Date", "")
-        when = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
-        if abs(time.time() - when.timestamp()) > self.skew:
+        try:
+            when = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ")
+        except ValueError:
+            raise Refused(403, "IncompleteSignature") from None
+        if abs(time.time() - when.replace(tzinfo=datetime.UTC).timestamp()) > self.skew:
             raise Refused(403, "RequestTimeTooSkewed")
+        if found["day"] != amz_date[:8]:  # the credential scope's date is the request's
+            raise Refused(403, "SignatureDoesNotMatch")
         names = found["signed"].split(";")
         if "host" not in names or "x-amz-date" not in names:
             raise Refused(403, "SignatureDoesNotMatch")
