@@ -44,6 +44,7 @@ from proxy.sandbox import (
     parse_listen,
 )
 from proxy.sandbox import credentials as creds
+from proxy.sandbox.exchange import FakeExchange
 from proxy.sandbox.kibo import mashery_date
 from proxy.sandbox.saison import host_and_port
 
@@ -926,6 +927,119 @@ async def test_spaaza_sessions_and_resources(aiohttp_client: MakeClient) -> None
     assert resp.status == 429 and resp.headers["Retry-After"] == "2"
 
 
+# --- Exchange (Binance-like) -----------------------------------------------------------------
+
+#: Binance Spot API documentation, "SIGNED Endpoint Examples for POST /api/v3/order": the
+#: example's secret key, its parameters and its published HMAC-SHA256 signature
+BINANCE_SECRET = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
+BINANCE_PARAMS = (
+    "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1"
+    "&recvWindow=5000&timestamp=1499827319559"
+)
+BINANCE_SIGNATURE = "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71"
+
+
+def test_exchange_signature_vector_by_hand() -> None:
+    assert hex_hmac(BINANCE_SECRET, BINANCE_PARAMS) == BINANCE_SIGNATURE
+
+
+async def test_exchange_accepts_binances_documented_example_at_its_time(
+    aiohttp_client: MakeClient,
+) -> None:
+    clock = FakeClock()
+    clock.now = 1499827319.559 + 1.0  # a second after the example's timestamp
+    fake = FakeExchange(api_key="doc-api-key", secret_key=BINANCE_SECRET, clock=clock)
+    client = await aiohttp_client(fake.app)
+    target = f"/api/v3/order?{BINANCE_PARAMS}&signature={BINANCE_SIGNATURE}"
+    resp = await client.post(URL(target, encoded=True), headers={"X-MBX-APIKEY": "doc-api-key"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["credentials"]["timestamp"] == "1499827319559"
+    # the example's "mixed" form: part of the parameters in a form body, signed after the
+    # query with nothing in between (Binance: totalParams = query string + request body)
+    query, _, body = BINANCE_PARAMS.partition("&quantity=")
+    body = "quantity=" + body
+    signature = hex_hmac(BINANCE_SECRET, query + body)
+    resp = await client.post(
+        URL(f"/api/v3/order?{query}&signature={signature}", encoded=True),
+        data=body,
+        headers={"X-MBX-APIKEY": "doc-api-key", **FORM},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["body_bytes"] == len(body)
+
+
+async def test_exchange_refuses_a_bad_signature_key_or_timestamp(
+    aiohttp_client: MakeClient,
+) -> None:
+    clock = FakeClock()
+    fake = FakeExchange(clock=clock)
+    client = await aiohttp_client(fake.app)
+    key = {"X-MBX-APIKEY": creds.EXCHANGE_API_KEY}
+
+    async def call(
+        params: str, *, sign: str | None = None, headers: dict[str, str] = key, **kw: Any
+    ) -> tuple[int, Any]:
+        signed = params if sign is None else sign
+        signature = hex_hmac(creds.EXCHANGE_SECRET_KEY, signed)
+        target = f"/api/v3/account?{params}&signature={signature}"
+        resp = await client.get(URL(target, encoded=True), headers=headers, **kw)
+        return resp.status, await resp.json()
+
+    now_ms = int(clock.now * 1000)
+    ok = f"recvWindow=5000&timestamp={now_ms}"
+    status, body = await call(ok)
+    assert status == 200, body
+    assert body["credentials"] == {
+        "api_key": "sand...",
+        "timestamp": str(now_ms),
+        "signature": hex_hmac(creds.EXCHANGE_SECRET_KEY, ok)[:4] + "...",
+    }
+    bad_signature = {"code": -1022, "msg": "Signature for this request is not valid."}
+    # a bare request, a parameter changed after signing, another key
+    resp = await client.get("/api/v3/account?recvWindow=5000")
+    assert resp.status == 401 and await resp.json() == bad_signature
+    assert await call(ok, sign=ok.replace("5000", "6000")) == (401, bad_signature)
+    upper = hex_hmac(creds.EXCHANGE_SECRET_KEY, ok).upper()  # not case sensitive (docs)
+    resp = await client.get(
+        URL(f"/api/v3/account?{ok}&signature={upper}", encoded=True), headers=key
+    )
+    assert resp.status == 200
+    status, body = await call(ok, headers={"X-MBX-APIKEY": "someone-else"})
+    assert (status, body["code"]) == (401, -2015)
+    status, body = await call(ok, headers={})
+    assert (status, body["code"]) == (401, -2015)
+    # timing security: within recvWindow before the server's time, at most 1 s after it
+    status, body = await call(f"timestamp={now_ms - 6000}")  # default window 5000
+    assert (status, body["code"]) == (400, -1021)
+    assert (await call(f"recvWindow=10000&timestamp={now_ms - 6000}"))[0] == 200
+    assert (await call(f"timestamp={now_ms + 2000}"))[1]["code"] == -1021
+    assert (await call(f"recvWindow=70000&timestamp={now_ms}"))[1]["code"] == -1131
+    assert (await call("recvWindow=5000"))[1]["code"] == -1102
+    # a body is part of what is signed
+    form = "quantity=1&price=0.1"
+    params = f"symbol=LTCBTC&timestamp={now_ms}"
+    signature = hex_hmac(creds.EXCHANGE_SECRET_KEY, params)  # the query alone: wrong
+    resp = await client.post(
+        URL(f"/api/v3/order?{params}&signature={signature}", encoded=True),
+        data=form,
+        headers={**key, **FORM},
+    )
+    assert resp.status == 401
+    assert fake.stats()["refused"] == 9 and fake.resource_requests == 12
+    assert fake.token_requests == 0
+
+
+async def test_exchange_server_time_and_ping_need_no_signature(
+    aiohttp_client: MakeClient,
+) -> None:
+    clock = FakeClock()
+    client = await aiohttp_client(FakeExchange(clock=clock).app)
+    resp = await client.get("/api/v3/time")
+    assert resp.status == 200 and await resp.json() == {"serverTime": int(clock.now * 1000)}
+    resp = await client.get("/api/v3/ping")
+    assert resp.status == 200 and await resp.json() == {}
+
+
 # --- the whole sandbox -----------------------------------------------------------------------
 
 
@@ -1002,7 +1116,7 @@ async def test_sandbox_mounts_all_five(aiohttp_client: MakeClient) -> None:
     resp = await client.post("/kibo/-/sandbox/throttle?n=1")
     assert resp.status == 200
     stats = await (await client.get("/-/sandbox/stats")).json()
-    assert set(stats) == {"kibo", "paynet", "saison", "sesami", "spaaza"}
+    assert set(stats) == {"kibo", "paynet", "saison", "sesami", "spaaza", "exchange"}
     assert stats["spaaza"]["live_sessions"] == 1 and stats["kibo"]["tokens_issued"] == 1
     assert (await client.post("/-/sandbox/expire")).status == 200
     assert fakes["spaaza"].stats()["live_sessions"] == 0

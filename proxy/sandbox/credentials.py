@@ -30,6 +30,9 @@ spaaza     admin username               ``sandbox-admin@example.com``
 spaaza     admin password               ``sandbox-admin-password``
 spaaza     privileged token_id          ``sandbox-token-id``
 spaaza     privileged token_secret      ``sandbox-token-secret``
+exchange   prefix                       ``/exchange``
+exchange   API key (X-MBX-APIKEY)       ``sandbox-exchange-api-key``
+exchange   secret key (HMAC-SHA256)     ``sandbox-exchange-secret-key``
 =========  ===========================  ================================================
 """
 
@@ -66,6 +69,10 @@ SPAAZA_PASSWORD: Final = "sandbox-admin-password"
 SPAAZA_TOKEN_ID: Final = "sandbox-token-id"
 SPAAZA_TOKEN_SECRET: Final = "sandbox-token-secret"
 
+EXCHANGE_PREFIX: Final = "/exchange"
+EXCHANGE_API_KEY: Final = "sandbox-exchange-api-key"
+EXCHANGE_SECRET_KEY: Final = "sandbox-exchange-secret-key"
+
 #: provider name -> mount prefix in `keyhop sandbox`
 PREFIXES: Final[dict[str, str]] = {
     "kibo": KIBO_PREFIX,
@@ -73,4 +80,5 @@ PREFIXES: Final[dict[str, str]] = {
     "saison": SAISON_PREFIX,
     "sesami": SESAMI_PREFIX,
     "spaaza": SPAAZA_PREFIX,
+    "exchange": EXCHANGE_PREFIX,
 }

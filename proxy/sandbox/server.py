@@ -1,4 +1,5 @@
-"""`keyhop sandbox`: the five fakes in one loopback server, each under its own prefix.
+"""`keyhop sandbox`: the five fakes, and a signed exchange, in one loopback server, each under
+its own prefix.
 
 The root app adds an index page (what is where, the sandbox credentials, links a person can
 click) and two controls spanning every provider: `POST /-/sandbox/expire` and
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from proxy.sandbox import credentials as creds
 from proxy.sandbox.base import FakeProvider
+from proxy.sandbox.exchange import FakeExchange
 from proxy.sandbox.kibo import FakeKibo
 from proxy.sandbox.paynet import FakePayNet
 from proxy.sandbox.saison import FakeSaison
@@ -32,13 +34,15 @@ def build_sandbox(
     sesami_install_url: str = creds.SESAMI_INSTALL_URL,
     sesami_webhook_url: str = creds.SESAMI_WEBHOOK_URL,
 ) -> web.Application:
-    """One app emulating all five providers with the sandbox credentials."""
+    """One app emulating all five providers, and a Binance-like exchange whose requests keyhop
+    signs with an `hmac` recipe, with the sandbox credentials."""
     fakes: dict[str, FakeProvider] = {
         "kibo": FakeKibo(),
         "paynet": FakePayNet(),
         "saison": FakeSaison(),
         "sesami": FakeSesami(install_url=sesami_install_url, webhook_url=sesami_webhook_url),
         "spaaza": FakeSpaaza(),
+        "exchange": FakeExchange(),
     }
     app = web.Application()
     app[FAKES] = fakes
@@ -94,6 +98,13 @@ async def _index(request: web.Request) -> web.Response:
         _row("", "", "password", _code(creds.SPAAZA_PASSWORD)),
         _row("", "", "token_id", _code(creds.SPAAZA_TOKEN_ID)),
         _row("", "", "token_secret", _code(creds.SPAAZA_TOKEN_SECRET)),
+        _row(
+            "exchange",
+            _code(creds.EXCHANGE_PREFIX),
+            "API key (X-MBX-APIKEY)",
+            _code(creds.EXCHANGE_API_KEY),
+        ),
+        _row("", "", "secret key (HMAC-SHA256 signing)", _code(creds.EXCHANGE_SECRET_KEY)),
     ]
     controls = [
         "<li>POST <code>/-/sandbox/expire</code>: every provider's tokens and sessions</li>",
@@ -107,13 +118,17 @@ async def _index(request: web.Request) -> web.Response:
         " install), POST <code>/sesami/-/sandbox/uninstall?shopId=ID</code>"
         " (sends the webhook)</li>",
         "<li>spaaza: POST <code>/spaaza/-/sandbox/user-session</code> (an app user's session)</li>",
+        "<li>exchange: GET <code>/exchange/api/v3/time</code> (server time, unsigned); every"
+        " other <code>/exchange/api/</code> request needs <code>X-MBX-APIKEY</code> and a"
+        " Binance-style <code>timestamp</code> and <code>signature</code> in its query</li>",
     ]
     body = (
         "<!doctype html><html><head><meta charset='utf-8'><title>keyhop sandbox</title>"
         "<style>body{font-family:sans-serif;max-width:52em;margin:2em auto}"
         "td{padding:.2em .8em}</style></head><body>"
         "<h1>keyhop sandbox</h1>"
-        "<p>Local emulation of five providers' auth. These credentials are fixed test values"
+        "<p>Local emulation of five providers' auth and of a signed exchange."
+        " These credentials are fixed test values"
         " (also in <code>proxy/sandbox/credentials.py</code>); they work nowhere else.</p>"
         "<table><tr><th>provider</th><th>prefix</th><th>field</th><th>value</th></tr>"
         + "".join(rows)
