@@ -27,6 +27,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
+from proxy.headers import CONTROL_CHARS
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
 from proxy.routing import Upstream
@@ -180,7 +181,10 @@ class UpstreamPool:
         if hdrs.HOST in headers:
             host_line = f"Host: {headers.popone(hdrs.HOST)}"
         try:
-            head = line + serialize_headers(host_line, headers)
+            if all(map(str.isascii, headers.values())):
+                head = line + serialize_headers(host_line, headers)
+            else:  # aiohttp's serializer drops obs-text (RFC 9110 5.5): sent byte for byte
+                head = line + _serialize_obs_text(host_line, headers)
         except ValueError:
             raise UnsafeHeader("a header value holds a control character") from None
         may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
@@ -287,3 +291,14 @@ async def _write_body(
         transport.abort()
         lost = RequestBodyLost(f"the request body did not arrive: {type(exc).__name__}")
         conn.set_exception(lost)
+
+
+def _serialize_obs_text(first: str, headers: CIMultiDict[str]) -> bytes:
+    """The head with non-ASCII field values as the bytes the client sent (aiohttp decodes
+    them with surrogateescape); ValueError for a control character, as aiohttp's own."""
+    lines = [first]
+    for name, value in headers.items():
+        if CONTROL_CHARS.search(name) or CONTROL_CHARS.search(value):
+            raise ValueError("a header holds a control character")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")

@@ -205,7 +205,9 @@ class HmacSigner:
 def _getter(name: str) -> Getter:
     if name.startswith("header:"):
         field = name[7:]
-        return lambda r, c: (r.header(field) or "").encode()
+        # a client's obs-text bytes arrive as surrogates (aiohttp decodes with surrogateescape):
+        # signed as the bytes that are sent, never a crash
+        return lambda r, c: (r.header(field) or "").encode("utf-8", "surrogateescape")
     if name.startswith("form:"):
         field = name[5:]
         return lambda r, c: _form_field(r.body or b"", field)

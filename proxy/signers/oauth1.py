@@ -45,9 +45,10 @@ def encode(text: str) -> str:
 
 
 def request_params(request: SignRequest, *, form: bool) -> list[tuple[str, str]]:
-    """3.4.1.3.1: the query's parameters, and a form body's when it is one (decoded)."""
+    """3.4.1.3.1: the query's parameters, and a form body's when it is one (decoded as
+    form-urlencoded, "+" a space, as RFC 5849 3.4.1.3.1 and oauthlib read them)."""
     out = [
-        (unquote(n), unquote(v))
+        (unquote_plus(n), unquote_plus(v))
         for n, _, v in (item.partition("=") for item in request.query.split("&") if item)
     ]
     ctype = (request.header("content-type") or "").split(";")[0].strip().lower()

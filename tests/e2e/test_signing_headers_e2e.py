@@ -108,13 +108,6 @@ def ts_client(rec: Received, ts: str) -> bytes:
     return ts.encode() + rec.headers.get("X-Client", "").encode("utf-8", "surrogateescape")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/signers/hmac_recipe.py _getter: `{header:Name}` encodes the value with "
-    "str.encode(), which raises UnicodeEncodeError on obs-text (aiohttp decodes it with "
-    "surrogateescape): 500 internal_error; and proxy/upstream.py drops the obs-text bytes "
-    "when it forwards the header",
-)
 async def test_an_obs_text_header_covered_by_a_recipe_is_signed_as_received_not_a_500(
     upstream: StartUpstream, proxy: MakeProxy, ca_file: str
 ) -> None:
@@ -127,12 +120,6 @@ async def test_an_obs_text_header_covered_by_a_recipe_is_signed_as_received_not_
     assert fake.received[0].headers["X-Client"].encode("utf-8", "surrogateescape") == b"caf\xe9"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/upstream.py: aiohttp's C _serialize_headers drops the surrogate-escaped "
-    "obs-text bytes of a forwarded header (b'caf\\xe9' arrives as b'caf'), so a value the "
-    "client signed itself no longer verifies",
-)
 async def test_an_obs_text_header_reaches_the_upstream_byte_for_byte(
     upstream: StartUpstream, proxy: MakeProxy, ca_file: str
 ) -> None:

@@ -144,12 +144,6 @@ async def test_the_exchange_verifies_randomized_binance_requests(
     assert fake.stats()["refused"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/signers/oauth1.py request_params: the query is decoded with unquote, so "
-    "'+' is signed as a literal plus; RFC 5849 3.4.1.3.1 decodes the query as "
-    "application/x-www-form-urlencoded ('+' is a space), as oauthlib does",
-)
 async def test_a_plus_in_the_query_is_a_space_to_oauth1_as_rfc5849_says(
     upstream: StartUpstream, proxy: MakeProxy, ca_file: str
 ) -> None:
