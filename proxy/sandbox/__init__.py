@@ -1,13 +1,15 @@
-"""`keyhop sandbox`: local emulation of the five providers' auth.
+"""`keyhop sandbox`: local emulation of the five providers' auth, and of a signed crypto
+exchange (Binance-like) that shows an `hmac` recipe at work.
 
 The same fakes serve the test suite (each `Fake*.app` on its own test server) and the
-`keyhop sandbox` command (all five mounted on one server by `build_sandbox`), so the tests
+`keyhop sandbox` command (all mounted on one server by `build_sandbox`), so the tests
 exercise exactly what a user tries. Fixed credentials: `proxy.sandbox.credentials`.
 """
 
 from __future__ import annotations
 
 from proxy.sandbox.base import FakeProvider
+from proxy.sandbox.exchange import FakeExchange
 from proxy.sandbox.kibo import FakeKibo
 from proxy.sandbox.paynet import FakePayNet
 from proxy.sandbox.saison import FakeSaison
@@ -17,6 +19,7 @@ from proxy.sandbox.spaaza import FakeSpaaza
 
 __all__ = [
     "FAKES",
+    "FakeExchange",
     "FakeKibo",
     "FakePayNet",
     "FakeProvider",
