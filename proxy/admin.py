@@ -133,6 +133,11 @@ async def handle_admin(
         }
         return web.json_response(body)
     if path == "/-/metrics":
+        # "throttled until" lives in the limiter (Redis with replicas): asked here, once a
+        # scrape, since the collectors that render it cannot wait
+        kh.throttled_until = {
+            name: await kh.limiter.blocked_until(name) for name in kh.runtime.providers
+        }
         return web.Response(body=kh.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if path == "/-/providers":
         check_client_key(kh.runtime, request)

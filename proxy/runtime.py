@@ -94,6 +94,8 @@ class Keyhop:
     deadlines: Deadlines = field(default_factory=Deadlines)
     credentials: CredentialManager | None = None
     started_at: float = field(default_factory=time.time)
+    #: provider -> "throttled until" (unix s) as of the last /-/metrics scrape
+    throttled_until: dict[str, float] = field(default_factory=dict)
     #: OpenTelemetry spans, when `tracing:` is configured (proxy/tracing.py); None: off
     tracing: Tracing | None = None
     #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop

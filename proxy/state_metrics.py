@@ -1,5 +1,6 @@
 """What operators alert on (issue 15 item 4), read from live state when /-/metrics is
-scraped: seconds until each credential expires, back-off state, the store's health.
+scraped: seconds until each credential expires, back-off state, how long each provider is
+throttled, the store's health.
 
 Per-tenant series are capped (MAX_TENANT_SERIES per provider, the soonest to expire first)
 so that many tenants cannot grow a scrape without bound.
@@ -60,6 +61,14 @@ class StateCollector:
         yield expires
         yield backoff
         yield failures
+        throttled = GaugeMetricFamily(
+            "keyhop_throttled_until_seconds",
+            "Seconds until the provider's request budget is open again (0: not throttled).",
+            labels=["provider"],
+        )
+        for provider, until in kh.throttled_until.items():
+            throttled.add_metric([provider], max(0.0, until - now))
+        yield throttled
         yield GaugeMetricFamily(
             "keyhop_store_up",
             "1 while the token store answers, 0 while it cannot be reached.",

@@ -62,3 +62,17 @@ async def test_a_failing_token_endpoint_shows_as_backoff_and_failures(
     assert gauge(text, "keyhop_credential_failures", provider="kibo", tenant="") == 1
     wait = gauge(text, "keyhop_credential_backoff_seconds", provider="kibo", tenant="")
     assert wait is not None and 0 < wait <= 2
+
+
+async def test_a_throttled_provider_shows_how_long_it_stays_throttled(
+    proxy: MakeProxy, upstream: StartUpstream, ca_file: str
+) -> None:
+    fake = FakeKibo(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    fake.throttle(1, retry_after=120)
+    client = await proxy(kibo(await upstream(fake.app), ca_file))
+    async with client.get("/kibo/api/v2/location/7") as r:
+        assert r.status == 403  # Mashery's throttling answer, relayed
+    async with client.get("/-/metrics") as r:
+        text = await r.text()
+    left = gauge(text, "keyhop_throttled_until_seconds", provider="kibo")
+    assert left is not None and 110 < left <= 120
