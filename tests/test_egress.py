@@ -29,7 +29,7 @@ from proxy.egress import (
 )
 from proxy.schema import Node, Problems, Secret
 from tests.conftest import StartUpstream
-from tests.connect_proxy import ConnectProxy, Mode
+from proxy.sandbox.connect_proxy import ConnectProxy, Mode
 from tests.support import free_port
 
 PROXY_PASSWORD = "pr0xy-pa55word"

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from proxy.egress import ProxyTarget, open_tunnel
 from proxy.schema import Node, Problems
 from proxy.tls import TlsSettings, client_context, read_tls
-from tests.connect_proxy import ConnectProxy
+from proxy.sandbox.connect_proxy import ConnectProxy
 
 CLIENT_CN = "keyhop-client.example"
 PASSWORD = "pem-pass-phrase-7"

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.config import ProviderConfig
-from tests.connect_proxy import ConnectProxy
+from proxy.sandbox.connect_proxy import ConnectProxy
 from tests.support import KeyhopProcess, assert_no_secrets, write_config
 
 pytestmark = pytest.mark.skipif(
