@@ -4,7 +4,8 @@
     .venv/bin/python bench/egress.py [--requests 12000] [--rounds 5] [--concurrency 16]
 
 Two `keyhop serve` processes with the same static-key route to one TLS upstream, one with
-`egress_proxy: none`, one through proxy/sandbox/connect_proxy.py; rounds alternate between them after
+`egress_proxy: none`, one through
+proxy/sandbox/connect_proxy.py; rounds alternate between them after
 a warm-up that fills both pools (so the tunnels are up), and the keyhop process's CPU time
 (/proc/PID/stat) is divided by the requests. Everything runs on 127.0.0.1 as subprocesses,
 stopped by PID. Needs `egress_proxy` support in the config (issue 14 item 5).
@@ -65,7 +66,10 @@ def main() -> None:
                  str(tmp / "cert.pem"), str(tmp / "key.pem")]
             ))  # fmt: skip
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "proxy.sandbox.connect_proxy", "--listen", f"127.0.0.1:{px}"],
+                [
+                    sys.executable, "-m", "proxy.sandbox.connect_proxy",
+                    "--listen", f"127.0.0.1:{px}",
+                ],
                 cwd=ROOT, stdout=subprocess.DEVNULL,
             ))  # fmt: skip
             _wait_port(up)

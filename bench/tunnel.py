@@ -6,7 +6,8 @@ and keep-alive requests on a tunnelled connection against a direct one.
                                      [--concurrency 16]
 
 The TLS upstream (aiohttp's low-level server, a trustme certificate) and the CONNECT proxy
-(proxy/sandbox/connect_proxy.py) run as subprocesses on 127.0.0.1, stopped by PID; only this process's
+(proxy/sandbox/connect_proxy.py) run as subprocesses on 127.0.0.1, stopped by PID; only this
+process's
 CPU time is keyhop's side (time.process_time), the proxy's is reported beside it. The client
 drives aiohttp's ResponseHandler over the socket as proxy/upstream.py does.
 """
@@ -214,7 +215,10 @@ def main() -> None:
                 [sys.executable, __file__, "--serve-upstream", str(up), str(cert), str(key)]
             ))  # fmt: skip
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "proxy.sandbox.connect_proxy", "--listen", f"127.0.0.1:{px}"],
+                [
+                    sys.executable, "-m", "proxy.sandbox.connect_proxy",
+                    "--listen", f"127.0.0.1:{px}",
+                ],
                 cwd=ROOT, stdout=subprocess.DEVNULL,
             ))  # fmt: skip
             _wait_port(up)

@@ -27,9 +27,9 @@ from proxy.egress import (
     read_egress,
     session_proxy,
 )
+from proxy.sandbox.connect_proxy import ConnectProxy, Mode
 from proxy.schema import Node, Problems, Secret
 from tests.conftest import StartUpstream
-from proxy.sandbox.connect_proxy import ConnectProxy, Mode
 from tests.support import free_port
 
 PROXY_PASSWORD = "pr0xy-pa55word"

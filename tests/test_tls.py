@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from proxy.egress import ProxyTarget, open_tunnel
+from proxy.sandbox.connect_proxy import ConnectProxy
 from proxy.schema import Node, Problems
 from proxy.tls import TlsSettings, client_context, read_tls
-from proxy.sandbox.connect_proxy import ConnectProxy
 
 CLIENT_CN = "keyhop-client.example"
 PASSWORD = "pem-pass-phrase-7"

@@ -6,7 +6,8 @@ It records every target it was asked for, can demand Basic proxy credentials (40
 and can be told to refuse (403), to fail (close the connection mid-handshake, or reset it), to
 answer garbage, or to say nothing at all. Loopback only.
 
-    python -m proxy.sandbox.connect_proxy --listen 127.0.0.1:3128 [--user U]   # password: $PROXY_PASSWORD
+    python -m proxy.sandbox.connect_proxy --listen 127.0.0.1:3128 [--user U]
+    # the password: $PROXY_PASSWORD
 """
 
 from __future__ import annotations
