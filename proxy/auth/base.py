@@ -73,6 +73,16 @@ class AuthScheme(Protocol):
         ...
 
 
+class FetchedBearer:
+    """The answers most schemes give: keyhop fetches the credential itself, at will, and
+    sends it as a bearer token. Mixed in; a scheme that differs says so itself."""
+
+    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
+    refetchable: ClassVar[bool] = True
+    needs_credential: ClassVar[bool] = True
+    passes_client_auth: ClassVar[bool] = False
+
+
 class ClientApp:
     """What every scheme identified by a client id and secret shares: `{client_id}` for
     header templates, and the secret as the default `sign:` key. Mixed into the dataclass."""

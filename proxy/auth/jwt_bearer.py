@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from proxy.auth.base import CredentialFlow, SchemeContext
+from proxy.auth.base import CredentialFlow, FetchedBearer, SchemeContext
 from proxy.auth.client_auth import ClientAuth, read_client_auth
 from proxy.auth.oauth2 import read_header_map, read_secret_map, token_request
 from proxy.jose import JwtSigner, check_vectors, new_jti, read_signer
@@ -74,14 +74,10 @@ def read_service_account(node: Node, key: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class JwtBearer:
+class JwtBearer(FetchedBearer):
     """POST grant_type=jwt-bearer with `assertion` = a JWT signed with `key`."""
 
     kind: ClassVar[str] = "oauth2_jwt_bearer"
-    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
-    refetchable: ClassVar[bool] = True
-    needs_credential: ClassVar[bool] = True
-    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 from urllib.parse import quote
 
-from proxy.auth.base import CredentialFlow, SchemeContext
+from proxy.auth.base import CredentialFlow, FetchedBearer, SchemeContext
 from proxy.auth.oauth2 import read_header_map
 from proxy.auth.session_login import parse_expiry
 from proxy.errors import CredentialError
@@ -47,15 +47,11 @@ def exchange_claims(
 
 
 @dataclass(frozen=True)
-class JwtExchange:
+class JwtExchange(FetchedBearer):
     """POST to `token_url` with `Authorization: Bearer <jwt>`; token and expiry read from
     dotted paths of the JSON answer."""
 
     kind: ClassVar[str] = "jwt_exchange"
-    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
-    refetchable: ClassVar[bool] = True
-    needs_credential: ClassVar[bool] = True
-    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str

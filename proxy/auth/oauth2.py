@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final
 from urllib.parse import urlencode
 
-from proxy.auth.base import ClientApp, CredentialFlow, SchemeContext
+from proxy.auth.base import ClientApp, CredentialFlow, FetchedBearer, SchemeContext
 from proxy.auth.client_auth import ClientAuth, read_client_auth
 from proxy.errors import NotConnected
 from proxy.headers import CONTROL_CHARS, FIELD_NAME
@@ -67,7 +67,7 @@ def read_header_map(node: Node, key: str) -> dict[str, Secret]:
     return out
 
 
-class OAuthClient(ClientApp):
+class OAuthClient(FetchedBearer, ClientApp):
     """An OAuth2 client with a token endpoint (RFC 6749 3.2)."""
 
     token_url: str
@@ -99,10 +99,6 @@ class ClientCredentials(OAuthClient):
     """RFC 6749 4.4: no refresh token; the grant is simply run again before expiry."""
 
     kind: ClassVar[str] = "oauth2_client_credentials"
-    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
-    refetchable: ClassVar[bool] = True
-    needs_credential: ClassVar[bool] = True
-    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     token_url: str
@@ -157,10 +153,6 @@ class AuthorizationCode(OAuthClient):
     """
 
     kind: ClassVar[str] = "oauth2_authorization_code"
-    default_headers: ClassVar[Mapping[str, str]] = {"Authorization": "Bearer {token}"}
-    refetchable: ClassVar[bool] = True
-    needs_credential: ClassVar[bool] = True
-    passes_client_auth: ClassVar[bool] = False
 
     provider: str
     authorize_url: str
