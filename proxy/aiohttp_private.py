@@ -16,6 +16,9 @@ Hooks:
   it completes or refuses), `_messages` (the parsed requests, with their bodies),
   `_upgraded`, `_force_close`/`_close` and `_loop` to time and count the bytes of each request head
   while it arrives; aiohttp limits each line, not the head.
+- `StreamResponse._prepare_headers` (aiohttp.web_response): `RelayedResponse` and
+  `RelayedStreamResponse` take out the default Content-Type and the Server header aiohttp
+  adds to every response, when the upstream did not send them (relay.py).
 - `web.Server.__call__` builds each connection's protocol from the server's private `_loop`
   and `_kwargs`; `ProtocolServer` does the same with a protocol class of keyhop's.
 """
@@ -26,12 +29,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import _serialize_headers as serialize_headers
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 
 from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_head, head_end
 
@@ -41,6 +45,9 @@ __all__ = [
     "ProtocolServer",
     "ResponseHandler",
     "drain",
+    "RelayedResponse",
+    "RelayedStreamResponse",
+    "relayed",
     "serialize_headers",
 ]
 
@@ -200,3 +207,31 @@ class ProtocolServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return self._protocol(self, loop=self._loop, **self._kwargs)
+
+
+class _Relayed:
+    """Mixin for the answers keyhop relays: aiohttp adds a default Content-Type and its own
+    Server header to every response; an upstream's answer keeps only what the upstream sent."""
+
+    _upstream_sent: frozenset[str] = frozenset()
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()  # type: ignore[misc]
+        headers: CIMultiDict[str] = self.headers  # type: ignore[attr-defined]
+        for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
+            if name not in self._upstream_sent:
+                headers.popall(name, None)
+
+
+class RelayedResponse(_Relayed, web.Response):
+    pass
+
+
+class RelayedStreamResponse(_Relayed, web.StreamResponse):
+    pass
+
+
+def relayed(response: _Relayed, upstream_headers: Any) -> None:
+    response._upstream_sent = frozenset(
+        name for name in (hdrs.CONTENT_TYPE, hdrs.SERVER) if name in upstream_headers
+    )

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 from aiohttp import HttpVersion11, hdrs, web
-from multidict import CIMultiDict
 
 from proxy.access import AccessInfo
+from proxy.aiohttp_private import RelayedResponse, RelayedStreamResponse, relayed
 from proxy.deadlines import Deadline
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.headers import UnrelayableHeader, clean_response_headers
@@ -29,34 +29,6 @@ class UpstreamCut(Exception):
     def __init__(self, response: web.StreamResponse | None = None) -> None:
         super().__init__("the upstream cut its answer short")
         self.response = response
-
-
-class _Relayed:
-    """Mixin for the answers keyhop relays: aiohttp adds a default Content-Type and its own
-    Server header to every response; an upstream's answer keeps only what the upstream sent."""
-
-    _upstream_sent: frozenset[str] = frozenset()
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()  # type: ignore[misc]
-        headers: CIMultiDict[str] = self.headers  # type: ignore[attr-defined]
-        for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
-            if name not in self._upstream_sent:
-                headers.popall(name, None)
-
-
-class RelayedResponse(_Relayed, web.Response):
-    pass
-
-
-class RelayedStreamResponse(_Relayed, web.StreamResponse):
-    pass
-
-
-def _relayed(response: _Relayed, upstream_headers: Any) -> None:
-    response._upstream_sent = frozenset(
-        name for name in (hdrs.CONTENT_TYPE, hdrs.SERVER) if name in upstream_headers
-    )
 
 
 def _cut_short(
@@ -106,7 +78,7 @@ async def stream_back(
                 # what arrived goes out under the declared length, then the cut: the
                 # client sees a short body, exactly as on the streamed path
                 partial = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
-                _relayed(partial, up.headers)
+                relayed(partial, up.headers)
                 partial.content_length = declared
                 sent, writing = partial, True
                 deadline.at = loop.time() + client_write
@@ -117,14 +89,14 @@ async def stream_back(
             small = RelayedResponse(
                 status=up.status, reason=up.reason, headers=headers, body=b"".join(chunks)
             )
-            _relayed(small, up.headers)
+            relayed(small, up.headers)
             sent, writing = small, True
             deadline.at = loop.time() + client_write
             await small.prepare(request)
             await small.write_eof()
             return small
         response = RelayedStreamResponse(status=up.status, reason=up.reason, headers=headers)
-        _relayed(response, up.headers)
+        relayed(response, up.headers)
         if declared is not None:
             response.content_length = declared
         elif request.version < HttpVersion11:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 
-from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
+from proxy.aiohttp_private import (
+    CheckedResponseHandler,
+    RelayedResponse,
+    drain,
+    relayed,
+    serialize_headers,
+)
 from proxy.http1 import BadUpstreamAnswer
 
 
@@ -106,3 +114,27 @@ async def test_hook_server_call_builds_keyhops_protocol_with_the_servers_setting
     assert isinstance(handler, GuardedRequestHandler)
     assert handler.keepalive_timeout == 12.5
     assert (handler.head_timeout, handler.max_head) == (3.0, 2048)
+
+
+async def test_hook_prepare_headers_lets_a_relayed_answer_drop_aiohttps_own_headers(
+    aiohttp_client: Any,
+) -> None:
+    """StreamResponse._prepare_headers is where aiohttp adds Content-Type and Server."""
+    assert "_prepare_headers" in vars(web.StreamResponse)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/bare":
+            response = RelayedResponse(body=b"x")
+            relayed(response, {})
+        else:
+            response = RelayedResponse(body=b"x", headers={"Content-Type": "text/x"})
+            relayed(response, {"Content-Type": "text/x"})
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{name}", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/bare") as r:
+        assert "Content-Type" not in r.headers and "Server" not in r.headers
+    async with client.get("/typed") as r:
+        assert r.headers["Content-Type"] == "text/x" and "Server" not in r.headers
