@@ -87,6 +87,14 @@ class CheckedResponseHandler(ResponseHandler):
     def _check(self, data: bytes) -> None:
         head = self._head
         assert head is not None
+        if not head:
+            # the usual case: the whole head in the first segment, checked without a copy
+            blank = data.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+            if blank != -1 and data.find(b"\n\n", 0, blank) == data.find(b"\n\r\n", 0, blank) == -1:
+                code = check_response_head(data[: blank + 4])
+                if not (100 <= code <= 199 and code != 101):
+                    self._head = None  # the final head: its body is aiohttp's
+                    return
         head += data
         while True:
             # the blank line may straddle two segments: search from a little before

@@ -36,6 +36,15 @@ _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x
 _FIELD_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]++):([\t\x20-\x7e\x80-\xff]*+)")
 _NAME: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
+#: a whole well-formed CRLF head in one C-level match (the common case); every line starts
+#: with a token, so there is no obs-fold, and CR appears only in CRLF
+_WELL_FORMED: Final = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*+)?\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[\t\x20-\x7e\x80-\xff]*+\r\n)*+\r\n"
+)
+_FRAMING: Final = re.compile(
+    rb"^(content-length|transfer-encoding):([^\r\n]*)", re.IGNORECASE | re.MULTILINE
+)
 
 
 class BadUpstreamAnswer(Exception):
@@ -56,6 +65,15 @@ def head_end(buffer: bytes | bytearray | memoryview) -> int | None:
 def check_response_head(head: bytes) -> int:
     """The status code of a whole response head (blank line included); raises
     BadUpstreamAnswer naming the rule it breaks."""
+    whole = _WELL_FORMED.fullmatch(head)
+    if whole is not None:  # the grammar holds: only the numbers and the framing are left
+        code = int(whole.group(2))
+        if not 100 <= code <= 599:
+            raise _bad(f"status {code}, outside 100-599")
+        found = _FRAMING.findall(head)
+        if found:
+            _check_framing(whole.group(1), found)
+        return code
     if b"\r" in head.replace(b"\r\n", b""):
         raise _bad("a bare CR in its head")
     status_line, *lines = head.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
@@ -65,8 +83,7 @@ def check_response_head(head: bytes) -> int:
     code = int(status.group(2))
     if not 100 <= code <= 599:
         raise _bad(f"status {code}, outside 100-599")
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
+    framing: list[tuple[bytes, bytes]] = []
     for line in lines:
         if line[:1] in (b" ", b"\t"):
             raise _bad("a header line folded onto the one before (obs-fold)")
@@ -80,20 +97,31 @@ def check_response_head(head: bytes) -> int:
                 "a header line that is not `name: value` (a name that is not a token, or "
                 "whitespace before the colon)"
             )
-        name, value = field.group(1).lower(), field.group(2).strip(b" \t")
-        if name == b"content-length":
+        name = field.group(1).lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            framing.append((name, field.group(2)))
+    _check_framing(status.group(1), framing)
+    return code
+
+
+def _check_framing(minor: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+    """RFC 9112 6: the body's length is said once, plainly (`minor`: the HTTP/1.x minor)."""
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for name, raw in fields:
+        value = raw.strip(b" \t")
+        if name.lower() == b"content-length":
             lengths.append(value)
-        elif name == b"transfer-encoding":
+        else:
             codings.extend(c.strip(b" \t").lower() for c in value.split(b","))
     if len(lengths) > 1:
         raise _bad("more than one Content-Length")
     if lengths and _DIGITS.fullmatch(lengths[0]) is None:
         raise _bad("a Content-Length that is not a plain number")
     if codings:
-        if status.group(1) == b"0":
+        if minor == b"0":
             raise _bad("Transfer-Encoding on an HTTP/1.0 answer")
         if codings != [b"chunked"]:
             raise _bad("a Transfer-Encoding other than chunked")
         if lengths:
             raise _bad("both Transfer-Encoding and Content-Length")
-    return code
