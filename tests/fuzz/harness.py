@@ -19,6 +19,7 @@ import h11
 from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
+from proxy.config import Config
 from proxy.runtime import KEYHOP
 from proxy.store import MemoryStore
 from tests.conftest import make_config
@@ -89,8 +90,9 @@ class Errors(logging.Handler):
 class Keyhop:
     """keyhop's app (create_app, memory store) served on a real 127.0.0.1 socket."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.app = create_app(make_config(config), store=MemoryStore())
+    def __init__(self, config: dict[str, Any] | Config) -> None:
+        config = config if isinstance(config, Config) else make_config(config)
+        self.app = create_app(config, store=MemoryStore())
         self.lines: list[str] = []
         self.app[KEYHOP].access_log = self.lines.append
         self.server = TestServer(self.app, host="127.0.0.1", skip_url_asserts=True)
