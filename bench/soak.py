@@ -12,8 +12,8 @@ them to `/flaky/<mode>/...`, whose upstream answers `ok`, cuts its answer, answe
 or stalls. Every `--sample-every` seconds keyhop's VmRSS and open fds are read from
 /proc/<pid> and printed. Exit status 1 when keyhop answered 500 (`internal_error`) or logged
 an error, when a signing-route request did not get 200, when a flaky request got another
-answer than its mode calls for, or when RSS or fds grew past the bounds (from the end of
-the warm-up to the median of the last fifth of the run); 0 otherwise.
+answer than its mode calls for, or when RSS or fds grew past the bounds (from the largest
+sample of the warm-up to the median of the last fifth of the run); 0 otherwise.
 """
 
 from __future__ import annotations
@@ -154,14 +154,20 @@ async def sample(pid: int, every: float, tally: Tally, curve: Curve) -> None:
         )
 
 
-def growth(curve: Curve, warmup: float) -> tuple[float, float]:
+def growth(curve: Curve, warmup: float) -> tuple[float, float, float]:
     """RSS (MiB) and fd growth: the median of the last fifth of the samples minus the
-    largest sample of the warm-up (the first `warmup` of the run)."""
-    cut = max(1, int(len(curve) * warmup))
-    warm, tail_ = curve[:cut], curve[-max(1, len(curve) // 5) :]
-    rss = (statistics.median(s[2] for s in tail_) - max(s[2] for s in warm)) / 1024
-    fd = statistics.median(s[3] for s in tail_) - max(s[3] for s in warm)
-    return rss, fd
+    largest sample of the warm-up (the first `warmup` seconds); and the RSS slope after the
+    warm-up, in MiB per million requests (least squares)."""
+    warm = [s for s in curve if s[0] <= warmup] or curve[:1]
+    after = [s for s in curve if s[0] > warmup] or curve[-1:]
+    last = after[-max(1, len(after) // 5) :]
+    rss = (statistics.median(s[2] for s in last) - max(s[2] for s in warm)) / 1024
+    fd = statistics.median(s[3] for s in last) - max(s[3] for s in warm)
+    slope = 0.0
+    if len(after) >= 2 and after[-1][1] > after[0][1]:
+        fit = statistics.linear_regression([s[1] for s in after], [s[2] / 1024 for s in after])
+        slope = fit.slope * 1e6
+    return rss, fd, slope
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -172,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ttl", type=int, default=70, help="token lifetime, seconds")
     p.add_argument("--revoke-every", type=float, default=45.0)
     p.add_argument("--sample-every", type=float, default=5.0)
-    p.add_argument("--warmup", type=float, default=0.1, help="share of samples that warm up")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds of warm-up")
     p.add_argument("--max-rss-growth-mib", type=float, default=16.0)
     p.add_argument("--max-fd-growth", type=int, default=16)
     p.add_argument("--keep-logs", action="store_true")
@@ -282,10 +288,11 @@ def report(
     if internal or logged:
         problems.append(f"keyhop's own failures: {internal} internal_error answers, {dict(logged)}")
     if len(curve) >= 5:
-        rss, fd = growth(curve, args.warmup)
+        rss, fd, slope = growth(curve, args.warmup)
         print(
-            f"\nRSS growth after warm-up: {rss:+.1f} MiB (bound {args.max_rss_growth_mib:g}); "
-            f"open fds: {fd:+.0f} (bound {args.max_fd_growth})"
+            f"\nAfter the {args.warmup:g} s warm-up: RSS {rss:+.1f} MiB "
+            f"(bound {args.max_rss_growth_mib:g}; slope {slope:+.2f} MiB per million "
+            f"requests), open fds {fd:+.0f} (bound {args.max_fd_growth})"
         )
         if rss > args.max_rss_growth_mib:
             problems.append(f"RSS grew {rss:.1f} MiB after warm-up")

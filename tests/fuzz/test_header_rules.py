@@ -151,7 +151,7 @@ def rig() -> Iterator[Rig]:
     rig.close()
 
 
-@settings(max_examples=examples(120))
+@settings(max_examples=examples(300))
 @given(name=names, value=values)
 def test_a_configured_header_is_refused_with_its_key_path_or_sent_exactly(
     rig: Rig, name: str, value: str
@@ -159,7 +159,7 @@ def test_a_configured_header_is_refused_with_its_key_path_or_sent_exactly(
     rig.check("headers", name, value)
 
 
-@settings(max_examples=examples(40))
+@settings(max_examples=examples(100))
 @given(name=names, value=values)
 def test_a_configured_token_header_is_refused_with_its_key_path_or_sent_exactly(
     rig: Rig, name: str, value: str

@@ -52,7 +52,7 @@ def upstream_target(target: str) -> tuple[str, str] | None:
     return match.route.prefix, match.upstream_target
 
 
-@settings(max_examples=examples(600))
+@settings(max_examples=examples(1500))
 @given(target=raw_targets())
 def test_no_matched_target_leaves_its_routes_base_path(target: str) -> None:
     routed = upstream_target(target)
@@ -113,7 +113,7 @@ def check_through_keyhop(rig: Rig, target: str, known: frozenset[str] = KNOWN) -
     assert not escapes(path, BASES[prefix], known), (target, path)
 
 
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(500))
 @given(target=raw_targets())
 def test_no_target_through_keyhop_reaches_outside_its_base_or_another_upstream(
     rig: Rig, target: str

@@ -135,7 +135,7 @@ def check(rig: Rig, built: Built) -> None:
     assert not problems, (problems, built.notes, built.wire[:300])
 
 
-@settings(max_examples=examples(150))
+@settings(max_examples=examples(400))
 @given(built=answers())
 def test_whatever_an_upstream_answers_keyhop_relays_it_validly_or_says_502_or_504(
     rig: Rig, built: Built
@@ -189,7 +189,7 @@ REGRESSIONS = [
                 b"t-Length: 5\r\n\r\nextra",
             ),
             "keep",
-            pause=0.3,
+            pause=1.0,
             body_verdict=EITHER,
             body=b"hi",
         ),
