@@ -101,14 +101,16 @@ def _field(draw: Any, rnd: random.Random, b: Built) -> bytes:
         name += b" " if kind == "space-before-colon" else b"\t"
         b.mark(INVALID, "head", f"{kind}: {name!r}")  # RFC 9112 5.1: MUST be rejected
     elif kind == "bad-name-char":
-        name = _insert(draw, name, bytes([rnd.choice(b'()<>@,;\\"/[]?={} \x01\x7f\xe9')]))
+        # not at the start: a line starting with SP or HTAB is obs-fold (RFC 9112 5.2)
+        at = draw(st.integers(1, len(name)))
+        name = name[:at] + bytes([rnd.choice(b'()<>@,;\\"/[]?={} \x01\x7f\xe9')]) + name[at:]
         b.mark(INVALID, "head", f"field name {name!r}")
     elif kind == "empty-name":
         name = b""
         b.mark(INVALID, "head", "empty field name")
     elif kind == "no-colon":
         b.mark(INVALID, "head", "a field line without a colon")
-        return name + value
+        return name + value.replace(b":", b"")
     elif kind == "ctl-in-value":
         value = _insert(draw, value, bytes([rnd.choice(CTL)]))
         b.mark(INVALID, "head", f"value {value!r}")

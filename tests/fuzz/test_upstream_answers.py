@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 
+from proxy.runtime import KEYHOP
 from tests.fuzz.answers import EITHER, INVALID, VALID, Built, answers
 from tests.fuzz.harness import (
     Answer,
@@ -50,6 +52,7 @@ class Rig:
         }
         self.keyhop = self.loop.run(Keyhop(config).start())
         self.ids = itertools.count()
+        self.history: deque[tuple[list[str], tuple[bytes, ...], str]] = deque(maxlen=4)
 
     def close(self) -> None:
         self.loop.run(self.keyhop.close())
@@ -61,10 +64,24 @@ class Rig:
         the next request on the same route."""
         key = f"c{next(self.ids)}"
         self.upstream.scripts[key] = Script(built.parts, built.ending, built.pause)
-        port = self.keyhop.port
-        got = self.loop.run(exchange(port, request_bytes(f"/r/{key}".encode()), BOUND), BOUND + 1)
-        after = self.loop.run(exchange(port, request_bytes(b"/r/ok"), BOUND), BOUND + 1)
+        self.history.append((built.notes, built.parts, built.ending))
+        got = self.exchange(f"/r/{key}".encode(), "the fuzzed request")
+        after = self.exchange(b"/r/ok", "the next request")
         return got, after
+
+    def exchange(self, target: bytes, what: str) -> Answer:
+        try:
+            return self.loop.run(exchange(self.keyhop.port, request_bytes(target), BOUND), BOUND)
+        except TimeoutError:
+            kh = self.keyhop.app[KEYHOP]
+            pool = [
+                f"busy {o.busy}, idle {len(o.idle)}, waiters {len(o.waiters)}"
+                for o in kh.upstreams._origins.values()
+            ]
+            raise AssertionError(
+                f"{what} got no whole answer within {BOUND:g} s; keyhop's pool: {pool}, "
+                f"in flight: {len(kh.metrics.in_flight)}; the last examples: {list(self.history)}"
+            ) from None
 
 
 @pytest.fixture(scope="module")
