@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/keyhop.yaml
 
-.PHONY: run test lint check bench clean setup redis podman docker-test chromium
+.PHONY: run test lint check bench clean setup redis podman docker-test chromium fuzz soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,16 @@ docker-test: $(STAMP) podman
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# The fuzz campaign's long run (tests/fuzz): random seeds, 25x the examples `make test` runs,
+# failures kept in tests/fuzz/.hypothesis and replayed first next time.
+fuzz: $(STAMP)
+	KEYHOP_FUZZ=long $(BIN)/python -m pytest tests/fuzz -q -p no:cacheprovider
+
+# A soak: a few million requests through a signing route with token expiry and a
+# misbehaving upstream mixed in; fails when RSS or open fds grow or keyhop answers 500.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
