@@ -61,16 +61,24 @@ class CheckedResponseHandler(ResponseHandler):
 
     `expect_head()` is called before a request is written; from then on the bytes that
     arrive are gathered until a whole head is there (interim 1xx heads are checked and
-    passed too), then the body goes to aiohttp untouched and unbuffered."""
+    passed too), then the body goes to aiohttp untouched and unbuffered.
+
+    Bytes past the end of an answer (more than its Content-Length, or anything after it
+    ended) mark the connection as not reusable (`_should_close`, read by should_close): the
+    next request on it must never read them as its own answer."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._head: bytearray | None = None  # None: not inside a head
         self._scanned = 0  # bytes of _head already searched for the blank line
+        self._body_fed: int | None = None  # raw body bytes of a length-framed answer so far
+        self._ended = False  # the answer is whole: whatever comes now is stray
 
     def expect_head(self) -> None:
         self._head = bytearray()
         self._scanned = 0
+        self._body_fed = None
+        self._ended = False
 
     def data_received(self, data: bytes) -> None:
         if self._head is not None and data:
@@ -82,7 +90,25 @@ class CheckedResponseHandler(ResponseHandler):
                     self.transport.close()
                 self.set_exception(exc)
                 return
+        elif self._body_fed is not None:
+            self._body_fed += len(data)
+        elif self._ended and data:
+            self._should_close = True
         super().data_received(data)
+        fed = self._body_fed
+        if fed is not None:
+            payload = self._payload
+            if payload is not None and payload.is_eof():
+                if fed > payload.total_bytes:
+                    self._should_close = True  # stray bytes came with the end of the body
+                self._body_fed = None
+                self._ended = True
+
+    def _final(self, head: bytes, body_bytes: int) -> None:
+        """The final head is in: its body is aiohttp's; watch a length-framed body's end."""
+        self._head = None
+        chunked = b"transfer-encoding" in head.lower()  # checked to be only `chunked`
+        self._body_fed = None if chunked else body_bytes
 
     def _check(self, data: bytes) -> None:
         head = self._head
@@ -93,7 +119,7 @@ class CheckedResponseHandler(ResponseHandler):
             if blank != -1 and data.find(b"\n\n", 0, blank) == data.find(b"\n\r\n", 0, blank) == -1:
                 code = check_response_head(data[: blank + 4])
                 if not (100 <= code <= 199 and code != 101):
-                    self._head = None  # the final head: its body is aiohttp's
+                    self._final(data[: blank + 4], len(data) - blank - 4)
                     return
         head += data
         while True:
@@ -108,9 +134,10 @@ class CheckedResponseHandler(ResponseHandler):
                 self._scanned = len(head)
                 return
             end += start
-            code = check_response_head(bytes(head[:end]))
+            final = bytes(head[:end])
+            code = check_response_head(final)
             if not (100 <= code <= 199 and code != 101):
-                self._head = None  # the final head: its body is aiohttp's
+                self._final(final, len(head) - end)
                 return
             del head[:end]  # an interim answer has no body: the next head follows it
             self._scanned = 0

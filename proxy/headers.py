@@ -33,6 +33,27 @@ FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 CONTROL_CHARS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+#: fields that frame the message or the connection: keyhop sets them itself, never from config
+_FRAMING: Final = HOP_BY_HOP | {"content-length"}
+
+
+def configured_header_problem(name: str, value: str | None) -> str | None:
+    """Why a header written in the config (`headers`, `token_headers`, `login_headers`)
+    cannot be sent as written, or None. Never quotes the value (it may be a secret)."""
+    if not FIELD_NAME.fullmatch(name):
+        return "not a valid header name (RFC 9110 token characters only)"
+    if name.lower() in _FRAMING:
+        return "keyhop frames the message itself: this header cannot be configured"
+    if value is None:
+        return None
+    if CONTROL_CHARS.search(value):
+        return "the value holds a line break or another control character"
+    if value != value.strip(" \t"):
+        # RFC 9110 5.5: every parser drops them, so the upstream would get another value
+        return "the value starts or ends with blanks, which no HTTP parser keeps"
+    return None
+
+
 class UnrelayableHeader(ValueError):
     """An upstream header value holds a control character (aiohttp's lenient parser lets
     some through; no HTTP writer may send them on)."""

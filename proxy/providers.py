@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from proxy.auth import AuthScheme, SchemeContext, build_scheme
 from proxy.egress import DIRECT, EgressSettings, read_egress
-from proxy.headers import CONTROL_CHARS, FIELD_NAME
+from proxy.headers import configured_header_problem
 from proxy.outbound import HeaderTemplate, compile_template
 from proxy.presets import PRESETS, merge
 from proxy.schema import Node, Problems, Secret, describe
@@ -165,12 +165,9 @@ def read_provider(
         if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
             hnode.error(str(header), f"expected a string or null, found {describe(value)}")
             continue
-        if not FIELD_NAME.fullmatch(str(header)):
-            hnode.error(str(header), "not a valid header name (RFC 9110 token characters only)")
-            continue
-        if value is not None and CONTROL_CHARS.search(str(value)):
-            # the value itself is never quoted: it may have come from a secret
-            hnode.error(str(header), "the value holds a line break or another control character")
+        problem = configured_header_problem(str(header), None if value is None else str(value))
+        if problem is not None:  # the value itself is never quoted: it may be a secret
+            hnode.error(str(header), problem)
             continue
         wanted[str(header).lower()] = None if value is None else str(value)
         names[str(header).lower()] = str(header)

@@ -168,7 +168,15 @@ class RouteTable:
             if route is not None:
                 rest = path[len(candidate) :]
                 match = RouteMatch(route, rest, query if sep else None)
-                return _take_tenant(match) if route.tenant == "path" else match
+                if route.tenant == "path":
+                    match = _take_tenant(match)
+                if not route.upstream.base_path and match.path.startswith("//"):
+                    # sent as is, `//host/x` is a network-path reference (RFC 3986 4.2)
+                    raise BadRequest(
+                        "the path after the route's prefix starts with '//', which names "
+                        "another host"
+                    )
+                return match
             if not candidate:
                 return None
             candidate = candidate[: candidate.rfind("/")]

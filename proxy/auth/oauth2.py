@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from proxy.auth.base import ClientApp, CredentialFlow, FetchedBearer, SchemeContext
 from proxy.auth.client_auth import ClientAuth, read_client_auth
 from proxy.errors import NotConnected
-from proxy.headers import CONTROL_CHARS, FIELD_NAME
+from proxy.headers import configured_header_problem
 from proxy.messages import HttpRequest
 from proxy.schema import Node, Secret
 from proxy.tokens import Credential, parse_token_response
@@ -58,10 +58,9 @@ def read_header_map(node: Node, key: str) -> dict[str, Secret]:
     child = node.child(key)
     for name in child.raw:
         value = child.secret(str(name))
-        if not FIELD_NAME.fullmatch(str(name)):
-            child.error(str(name), "not a valid header name (RFC 9110 token characters only)")
-        elif value is not None and CONTROL_CHARS.search(value.reveal()):
-            child.error(str(name), "the value holds a line break or another control character")
+        problem = configured_header_problem(str(name), value.reveal() if value else None)
+        if problem is not None:
+            child.error(str(name), problem)
         elif value is not None:
             out[str(name)] = value
     return out

@@ -192,23 +192,10 @@ REGRESSIONS = [
     pytest.param(
         fixed(b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nhi", head=INVALID),
         id="ctl-reason",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="a reason phrase with a control byte is passed to aiohttp, whose writer "
-            "refuses it: the client gets an empty reply and aiohttp logs an unhandled "
-            "ValueError, not a 502 (issue 12 item 4)",
-        ),
     ),
     pytest.param(
         fixed(b"HTTP/1.1 200 OK\r\nX-0:\r\r\nContent-Length: 2\r\n\r\nhi", head=EITHER, body=b"hi"),
         id="bare-cr",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="a bare CR right after a field's colon (X-0:\\r\\r\\n) ends the "
-            "upstream's head in aiohttp's lenient response parser: keyhop relays the answer "
-            "with the rest of the head (its Content-Length) as the body, read until the "
-            "upstream closes (RFC 9112 2.2: invalid, or replace the CR with SP)",
-        ),
     ),
     pytest.param(
         fixed(
@@ -222,12 +209,6 @@ REGRESSIONS = [
             body=b"hi",
         ),
         id="stray-bytes",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="bytes that arrive with the end of an answer, past it, do not stop its "
-            "connection from going back to the pool: the next request sent on it (any "
-            "client's) reads them as the start of its answer and gets a 502 'not HTTP'",
-        ),
     ),
 ]
 
