@@ -209,10 +209,10 @@ def signing_variants(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small counts, 1 round")
-    parser.add_argument("--requests", type=int, help="measured requests per wrk thread (10000)")
-    parser.add_argument("--warmup", type=int, help="warm-up requests per wrk thread (1500)")
+    parser.add_argument("--requests", type=int, help="measured requests per wrk thread (7500)")
+    parser.add_argument("--warmup", type=int, help="warm-up requests per wrk thread (1000)")
     parser.add_argument("--rounds", type=int, help="rounds per cell, median reported (3)")
-    parser.add_argument("--quiet-wait", type=float, default=5.0, help="seconds (default 5)")
+    parser.add_argument("--quiet-wait", type=float, default=3.0, help="seconds (default 3)")
     parser.add_argument(
         "--sign", choices=sorted(SIGNS), default="x_signature", help="keyhop's peer route"
     )
@@ -226,8 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
-    args.requests = args.requests or (1000 if args.quick else 10_000)
-    args.warmup = args.warmup or (300 if args.quick else 1500)
+    args.requests = args.requests or (1000 if args.quick else 7500)
+    args.warmup = args.warmup or (300 if args.quick else 1000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     if args.quick:
         args.quiet_wait = min(args.quiet_wait, 1.0)
