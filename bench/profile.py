@@ -22,13 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Final
 
 from counted import tree_cpu_seconds
 from rig import Rig, sanity
 from scenario import SIGN_X_SIGNATURE, KeyhopSpec, Route, keyhop_argv, keyhop_config, layouts
+from stacks import perf_shares, read_raw, top
 from wrk import ensure_wrk, parse_wrk
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
@@ -41,55 +41,6 @@ def py_spy() -> str:
     if not Path(found).exists():
         raise SystemExit("py-spy is not installed: make bench installs it into .venv")
     return found
-
-
-IDLE: Final = ("epoll_wait ", "epoll_pwait ", "epoll_pwait2 ")  # native leaves of a waiting loop
-
-
-def _is_python(frame: str) -> bool:
-    return ".py:" in frame or "<frozen " in frame
-
-
-def read_raw(path: Path) -> tuple[int, int, Counter[str], Counter[str], Counter[str]]:
-    """(busy samples, idle samples, own, own C leaf, cumulative) from py-spy's raw
-    (collapsed-stack) file: one `frame;...;frame count` line per stack, outermost first.
-
-    Own time goes to the innermost Python frame, the C code it called folded into it (the
-    C leaf is counted apart). A stack whose C leaf is the loop's epoll wait is idle: with
-    uvloop the wait is below Python's Runner.run, so only --native tells it from work, and
-    idle samples are left out of every share."""
-    own: Counter[str] = Counter()
-    leaf: Counter[str] = Counter()
-    cumulative: Counter[str] = Counter()
-    busy = idle = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        if frames[-1].startswith(IDLE):
-            idle += count
-            continue
-        busy += count
-        python = [f for f in frames if _is_python(f)]
-        own[python[-1] if python else frames[-1]] += count
-        if not _is_python(frames[-1]):
-            leaf[frames[-1]] += count
-        for frame in set(python):  # a recursive frame counts once per stack
-            cumulative[frame] += count
-    return busy, idle, own, leaf, cumulative
-
-
-def top(counter: Counter[str], total: int, n: int) -> list[str]:
-    if not total:
-        return []
-    return [
-        f"| {i} | {100.0 * count / total:5.1f} % | `{frame}` |"
-        for i, (frame, count) in enumerate(counter.most_common(n), 1)
-    ]
 
 
 def record(
@@ -118,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="sample C frames too (default): tells idle epoll waits from work",
     )
+    parser.add_argument(
+        "--perf", action=argparse.BooleanOptionalAction, default=True, help="perf too (5 s)"
+    )
     parser.add_argument("--speedscope", action="store_true", help="also record speedscope")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -144,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{name} route: {why}")
             url = keyhop.url("/small")
             warm = 2.0
-            load_s = warm + args.duration * (2 if args.speedscope else 1) + 3
+            perf_s = 5.0 if shutil.which("perf") and args.perf else 0.0
+            load_s = warm + args.duration * (2 if args.speedscope else 1) + perf_s + 3
             print(f"profiling the {name} route ({url}) for {args.duration:g} s", file=sys.stderr)
             load = subprocess.Popen(
                 [*layout.rest, wrk, "-t2", "-c64", f"-d{round(load_s)}s", "--latency", url],
@@ -156,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 time.sleep(warm)
                 raw = args.out / f"{name}.raw.txt"
-                cpu = tree_cpu_seconds(keyhop.service.pid)
+                cpu = tree_cpu_seconds(pid)
                 wall = time.monotonic()
                 record(spy_argv, pid, raw, args.duration, "raw", args.rate, args.native)
                 busy = (tree_cpu_seconds(pid) - cpu) / (time.monotonic() - wall)
@@ -165,35 +120,44 @@ def main(argv: list[str] | None = None) -> int:
                     record(
                         spy_argv, pid, scope, args.duration, "speedscope", args.rate, args.native
                     )
+                perf_data = args.out / f"{name}.perf.data" if perf_s else None
+                if perf_data is not None:
+                    # 499 Hz, an odd rate so it does not beat with a periodic timer
+                    perf = [*layout.rest, "perf", "record", "-q", "-F", "499", "-p", str(pid)]
+                    perf += ["-o", str(perf_data), "--", "sleep", str(perf_s)]
+                    if subprocess.run(perf, capture_output=True, timeout=60).returncode != 0:
+                        perf_data = None
             finally:
                 wrk_out, _ = load.communicate(timeout=load_s + 30)
             rps = parse_wrk(wrk_out).rps
-            total, idle, own, leaf, cumulative = read_raw(raw)
+            st = read_raw(raw)
             report += [
-                f"### {name} route: {total:,} busy samples (and {idle:,} idle in epoll) over "
-                f"{args.duration:g} s at c=64 ({layout.name}); keyhop used {busy:.2f} cores "
-                f"while sampled, wrk saw {rps:,.0f} req/s over the whole load; raw stacks in "
-                f"{raw}",
+                f"### {name} route, {layout.name}, c=64: keyhop used {busy:.2f} cores while "
+                f"sampled; wrk saw {rps:,.0f} req/s over the whole load",
                 "",
-                "By own time (the innermost Python frame, with the C code it called):",
+                f"py-spy: {st.busy:,} busy samples ({st.idle:,} idle in epoll left out), "
+                f"{st.in_syscall:,} of them stopped in libc (a syscall: over-sampled, see "
+                f"bench/stacks.py); raw stacks in {raw}.",
                 "",
-                "| # | share | function (file) |",
-                "| ---: | ---: | --- |",
-                *top(own, total, args.top),
+                f"By own time, over the {st.python:,} samples in Python or C extensions "
+                "(innermost Python frame, the C code it called folded in):",
                 "",
-                "C code on top of the stack (syscalls, uvloop, OpenSSL; `--native` only):",
+                *top(st.own, st.python, args.top),
                 "",
-                "| # | share | function (file) |",
-                "| ---: | ---: | --- |",
-                *top(leaf, total, min(args.top, 10)),
+                "By cumulative time (Python frames, same samples):",
                 "",
-                "By cumulative time (Python frames):",
+                *top(st.cumulative, st.python, args.top),
                 "",
-                "| # | share | function (file) |",
-                "| ---: | ---: | --- |",
-                *top(cumulative, total, args.top),
+                "C leaves of all busy samples (`--native`):",
+                "",
+                *top(st.leaf, st.busy, 10),
                 "",
             ]
+            if perf_data is not None:
+                report += ["perf (no stops; CPU time by library, then by C symbol):", ""]
+                for sort, n in (("dso", 8), ("sym", 15)):
+                    shares = perf_shares(perf_data, sort, n)
+                    report += [f"    {pct:5.1f} %  {what}" for pct, what in shares] + [""]
     finally:
         rig.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
