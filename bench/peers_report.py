@@ -50,6 +50,9 @@ def ratios(report: dict[str, Any]) -> list[str]:
             continue
         cells = layouts[name]["cells"]
         for a, b, key in (
+            ("keyhop-w2", "keyhop-w1", "rps"),
+            ("keyhop-w2", "keyhop-w1", "cpu_us"),
+            ("envoy-lua-c2", "keyhop-w2", "rps"),
             ("envoy-lua-c2", "keyhop-w1", "rps"),
             ("keyhop-w1", "envoy-lua-c1", "cpu_us"),
             ("keyhop-w1", "baseline", "cpu_us"),
