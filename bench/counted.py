@@ -94,6 +94,7 @@ class Counted:
     requests: int  # answers counted by the threads' scripts (threads x per_thread)
     seconds: float  # first connection to last thread's last counted answer
     cpu_s: float  # the proxy tree's CPU over the same window
+    others_s: dict[str, float]  # the same for the other PIDs asked for (the upstream), and wrk
     p50_ms: float
     p99_ms: float
     errors: int  # socket errors and non-2xx/3xx answers over the whole wrk run
@@ -105,6 +106,9 @@ class Counted:
     @property
     def cpu_us(self) -> float:
         return self.cpu_s / self.requests * 1e6 if self.requests else 0.0
+
+    def other_us(self, name: str) -> float:
+        return self.others_s.get(name, 0.0) / self.requests * 1e6 if self.requests else 0.0
 
 
 def _script(per_thread: int, method: str, body: bytes | None) -> str:
@@ -130,19 +134,24 @@ def run_counted(
     body: bytes | None = None,
     prefix: Sequence[str] = (),
     timeout: float = 120.0,
+    also: dict[str, int] | None = None,
 ) -> Counted:
     """`threads * per_thread` requests through wrk (run under `prefix`, e.g. taskset), and
-    the CPU of `root_pid`'s process tree meanwhile."""
+    the CPU of `root_pid`'s process tree meanwhile (and of each of `also`, and wrk's own: what
+    the rig's other processes spend per request bounds what the machine can serve)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(_script(per_thread, method, body))
         script = Path(handle.name)
     argv = [*prefix, wrk, f"-t{threads}", f"-c{connections}", f"-d{int(timeout)}s"]
     argv += ["--timeout", "10s", "--latency", "-s", str(script), url]
+    also = also or {}
     cpu_before = tree_cpu_seconds(root_pid)
+    others_before = {name: tree_cpu_seconds(pid) for name, pid in also.items()}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done: list[tuple[float, float, int]] = []
     lines: list[str] = []
     cpu_after = cpu_before
+    others: dict[str, float] = {}
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -153,6 +162,8 @@ def run_counted(
             done.append((float(match[1]), float(match[2]), int(match[3])))
             if len(done) == threads:
                 cpu_after = tree_cpu_seconds(root_pid)
+                others = {n: tree_cpu_seconds(p) - others_before[n] for n, p in also.items()}
+                others["wrk"] = tree_cpu_seconds(proc.pid)  # started inside the window
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGINT)  # wrk prints its summary on SIGINT
                 break
@@ -172,6 +183,7 @@ def run_counted(
         requests=sum(n for _, _, n in done),
         seconds=finished - started,
         cpu_s=cpu_after - cpu_before,
+        others_s=others,
         p50_ms=summary.p50_ms,
         p99_ms=summary.p99_ms,
         errors=summary.errors,

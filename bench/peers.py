@@ -99,7 +99,12 @@ def measure(
                 settle()
                 with CpuWatch(pids) as outside:
                     got = run_counted(
-                        wrk, url, target.service.pid, per_thread=args.requests, **common
+                        wrk,
+                        url,
+                        target.service.pid,
+                        per_thread=args.requests,
+                        also={"upstream": rig.upstream.pid} if target.check != "direct" else {},
+                        **common,
                     )
             except (RuntimeError, ValueError) as exc:
                 problems.append(f"{rig.layout.name} {cell}: {exc}")
@@ -113,6 +118,8 @@ def measure(
                     "seconds": round(got.seconds, 3),
                     "rps": round(got.rps, 1),
                     "cpu_us": round(got.cpu_us, 1),
+                    "upstream_cpu_us": round(got.other_us("upstream"), 1),
+                    "wrk_cpu_us": round(got.other_us("wrk"), 1),
                     "p50_ms": got.p50_ms,
                     "p99_ms": got.p99_ms,
                     "errors": got.errors,
@@ -122,6 +129,8 @@ def measure(
             )
             out[cell]["rps"] = statistics.median(r["rps"] for r in runs)
             out[cell]["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
+            for key in ("upstream_cpu_us", "wrk_cpu_us"):
+                out[cell][key] = statistics.median(r[key] for r in runs)
             out[cell]["cpu_us_range"] = [
                 min(r["cpu_us"] for r in runs),
                 max(r["cpu_us"] for r in runs),

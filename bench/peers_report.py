@@ -75,10 +75,36 @@ def ratios(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def ceiling(report: dict[str, Any]) -> list[str]:
+    """What the rig itself allows: wrk and the upstream share the machine with the proxy, so
+    `cores / (proxy + upstream + wrk µs per request)` bounds the req/s any proxy can reach,
+    and with it the w2 / w1 ratio that can be measured here."""
+    out: list[str] = []
+    cores = int(report["machine"].get("cpus") or 1)
+    for name, section in report["layouts"].items():
+        if not name.startswith("unpinned"):
+            continue
+        w1 = section["cells"].get("keyhop-w1")
+        if not w1 or "wrk_cpu_us" not in w1:
+            continue
+        rig_us = w1["upstream_cpu_us"] + w1["wrk_cpu_us"]
+        top = cores / ((w1["cpu_us"] + rig_us) * 1e-6)
+        need = cores / (TARGET_W2_OVER_W1 * w1["rps"]) * 1e6 - rig_us
+        out.append(
+            f"rig ceiling ({name}): per keyhop request the upstream spends "
+            f"{w1['upstream_cpu_us']:.0f} µs and wrk {w1['wrk_cpu_us']:.0f} µs, so {cores} "
+            f"cores serve at most {top:,.0f} req/s of keyhop at {w1['cpu_us']:.0f} µs: "
+            f"w2 / w1 <= {top / w1['rps']:.2f}x on this rig; {TARGET_W2_OVER_W1:g}x needs "
+            f"keyhop <= {need:.0f} µs/request (or the load generator on another machine)"
+        )
+    return out
+
+
 def _table(cells: dict[str, Any]) -> list[str]:
     lines = [
-        "| target | req/s | CPU µs/request (median, range) | p50 ms | p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| target | req/s | CPU µs/request (median, range) | upstream µs | wrk µs | p50 ms "
+        "| p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, cell in cells.items():
         runs = cell["runs"]
@@ -86,6 +112,7 @@ def _table(cells: dict[str, Any]) -> list[str]:
         low, high = cell["cpu_us_range"]
         lines.append(
             f"| {name} | {cell['rps']:,.0f} | {cell['cpu_us']:.0f} ({low:.0f}-{high:.0f}) "
+            f"| {cell.get('upstream_cpu_us', 0):.0f} | {cell.get('wrk_cpu_us', 0):.0f} "
             f"| {median_run['p50_ms']:.2f} | {median_run['p99_ms']:.2f} |"
         )
     return lines
@@ -120,7 +147,7 @@ def render(report: dict[str, Any]) -> str:
                     lines.append(f"- {name}: {extra:+.0f} µs/request over bearer GET")
         for target, why in signing["skipped"].items():
             lines.append(f"- {target} skipped: {why}")
-    lines += ["", "### ratios", ""] + [f"- {r}" for r in ratios(report)]
+    lines += ["", "### ratios", ""] + [f"- {r}" for r in ratios(report) + ceiling(report)]
     others = [
         run.get("other_cpu_cores", 0.0)
         for section in [*report["layouts"].values(), signing or {"cells": {}}]
