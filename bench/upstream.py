@@ -8,6 +8,7 @@ Endpoints (all on 127.0.0.1):
 - `GET /bytes/<N>`      N bytes of zeros, generated in 64 KiB chunks (constant memory)
 - `POST /sink`          reads and discards the request body, answers `{"received": N}`
 - `GET /headers`        echoes the request headers as JSON (the bench's sanity checks)
+- `POST /echo`          the request headers, target and the body's SHA-256 (signed POSTs)
 - `POST /oauth/token`   client_credentials grant for `bench-client:bench-secret`, with the
                         client authenticated by HTTP Basic or in the form body; answers after
                         50 ms so that a cold-cache burst overlaps the fetch
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import signal
 import socket
@@ -70,6 +72,16 @@ class Upstream:
             return await self.token(request)
         if method == "GET" and path == "/headers":
             return self.json({"headers": dict(request.headers)})
+        if method == "POST" and path == "/echo":
+            body = await request.read()
+            return self.json(
+                {
+                    "headers": dict(request.headers),
+                    "target": request.raw_path,
+                    "body_sha256": hashlib.sha256(body).hexdigest(),
+                    "body_bytes": len(body),
+                }
+            )
         if method == "GET" and path == "/stats":
             return self.json(
                 {
