@@ -39,22 +39,26 @@ def _json_or_null(value: str | None) -> str:
 def log_access(
     request: web.BaseRequest, info: AccessInfo, status: int, started: float, kh: Keyhop
 ) -> None:
-    """One JSON object per request, built by hand: this runs on every request."""
+    """One JSON object per request, built by hand: this runs on every request. Only what the
+    client sent (method, path, query names, tenant) can hold a configured secret, so only
+    that is redacted (route, provider, credential and error are keyhop's own words)."""
+    redact = kh.runtime.redact
     path, _, query = request.raw_path.partition("?")
+    tenant = info.tenant and redact(info.tenant)
     line = (
         f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
-        f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(info.tenant)},'
-        f'"method":{_str(request.method)},"path":{_str(path)},"status":{status},'
+        f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(tenant)},'
+        f'"method":{_str(redact(request.method))},"path":{_str(redact(path))},"status":{status},'
         f'"duration_ms":{(time.perf_counter() - started) * 1000:.3f},'
         f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
         f'"credential":{_json_or_null(info.credential)}'
     )
     if query:  # names only: a query can carry codes and keys
-        keys = sorted({p.partition("=")[0] for p in query.split("&") if p})
+        keys = sorted({redact(p.partition("=")[0]) for p in query.split("&") if p})
         line += ',"query_keys":[' + ",".join(map(_str, keys)) + "]"
     if info.error:
         line += f',"error":{_str(info.error)}'
     if info.aborted:
         line += ',"aborted":true'
-    kh.access_log(kh.runtime.redact(line + "}"))
+    kh.access_log(line + "}")
     kh.metrics.request(info.route or "", info.provider or "", status)

@@ -31,8 +31,12 @@ class Deadlines:
     def __init__(self) -> None:
         self._armed: dict[Deadline, None] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        #: the serving loop, kept for the request path: asyncio.get_running_loop() costs a
+        #: getpid() system call per call in Python 3.11
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self._watchdog = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -42,7 +46,8 @@ class Deadlines:
 
     def arm(self, seconds: float, task: asyncio.Task[object]) -> Deadline:
         """`task` is the caller's (passed in: asyncio.current_task() is not cheap in 3.11)."""
-        deadline = Deadline(task, asyncio.get_running_loop().time() + seconds, seconds)
+        loop = self.loop or asyncio.get_running_loop()
+        deadline = Deadline(task, loop.time() + seconds, seconds)
         self._armed[deadline] = None
         return deadline
 

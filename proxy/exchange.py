@@ -57,7 +57,7 @@ def _needs_body(rules: tuple[ResponseMatch, ...], up: UpstreamResponse) -> bool:
 async def _peek(kh: Keyhop, up: UpstreamResponse, deadline: Deadline) -> tuple[Any, bytes]:
     """Read up to MAX_PEEK bytes of the body for a rule that looks at its JSON; (parsed, raw
     bytes read). The body may come in many segments; the read timeout applies to each wait."""
-    loop = asyncio.get_running_loop()
+    loop = kh.deadlines.loop or asyncio.get_running_loop()
     chunks: list[bytes] = []
     size = 0
     try:
@@ -123,6 +123,8 @@ async def exchange(
             elapsed = time.perf_counter() - started
             info.upstream_ms = round(elapsed * 1000, 3)
             kh.metrics.upstream(provider.name, elapsed)
+            if up.status not in prt.rule_statuses:  # the usual answer: no rule looks at it
+                return await stream_back(kh, request, up, info, deadline)
 
             try:
                 peeked, raw = None, b""

@@ -151,7 +151,7 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
     path or an absolute-form URL; `keyhop serve` calls this from aiohttp's low-level server
     (no router, no middlewares), in-process apps through `dispatch`."""
     started = time.perf_counter()
-    task = asyncio.current_task()
+    task = asyncio.current_task(kh.deadlines.loop)  # a given loop: no getpid() (3.11)
     assert task is not None
     info = AccessInfo(task)
     status = 500

@@ -34,6 +34,8 @@ class Origin:
     #: an egress proxy (SPEC 5.3): each new connection is a CONNECT tunnel through it, and TLS
     #: runs inside the tunnel, end to end with the partner
     proxy: ProxyTarget | None = None
+    #: the loop of the last acquire (asyncio.get_running_loop() is a getpid() in 3.11)
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def acquire(
         self, loop: asyncio.AbstractEventLoop, connect_timeout: float
@@ -41,6 +43,7 @@ class Origin:
         """A connection and whether it was used before (the upstream may have closed it).
         When all are busy, requests wait in arrival order; a freed slot is handed straight
         to the first of them, so no newcomer can take it first."""
+        self.loop = loop
         if self.busy >= self.limit:
             waiter = loop.create_future()
             self.waiters.append(waiter)
@@ -97,7 +100,7 @@ class Origin:
 
     def release(self, conn: CheckedResponseHandler, reusable: bool) -> None:
         if reusable and not self.closed and conn.is_connected() and not conn.should_close:
-            now = asyncio.get_running_loop().time()
+            now = self.loop.time() if self.loop else asyncio.get_running_loop().time()
             self.idle.append((conn, now))
             self.expire(now)
         else:

@@ -58,7 +58,7 @@ async def stream_back(
     connection."""
     length = up.headers.get(hdrs.CONTENT_LENGTH)
     declared = int(length) if length is not None and length.isdigit() else None
-    loop = asyncio.get_running_loop()
+    loop = kh.deadlines.loop or asyncio.get_running_loop()
     client_write = kh.runtime.config.timeouts.client_write
     writing = False  # True while waiting on the client, False while waiting on the upstream
     sent: web.StreamResponse | None = None

@@ -38,9 +38,13 @@ class ProviderRuntime:
     timeout: ClientTimeout
     needs_credential: bool = field(init=False)
     inject: Injector = field(init=False, repr=False)
+    #: the statuses some refresh_on / throttle_on rule is about; any other answer is relayed
+    rule_statuses: frozenset[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.needs_credential = self.config.scheme.needs_credential
+        rules = (*self.config.refresh_on, *self.config.throttle_on)
+        self.rule_statuses = frozenset(rule.status for rule in rules)
         self.inject = Injector(self.config.headers, self.config.scheme, self.config.sign)
 
 

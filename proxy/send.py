@@ -24,7 +24,7 @@ async def send(
     """Send and wait for the head of the answer, under the read deadline."""
     upstream = outbound.upstream
     host = upstream.host
-    loop = asyncio.get_running_loop()
+    loop = kh.deadlines.loop or asyncio.get_running_loop()
     deadline.extend(loop.time())
 
     def progress() -> None:  # a body still going up is not a silent upstream

@@ -94,8 +94,10 @@ class UpstreamPool:
         self._origins: dict[tuple[str, int, ssl.SSLContext | None, ProxyTarget | None], Origin] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() is a getpid()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._reaper = asyncio.create_task(self._reap())
 
     async def close(self) -> None:
@@ -171,7 +173,7 @@ class UpstreamPool:
         upload that moves is not silence, whatever its length (issue 12).
         """
         origin = self._origin(upstream, tls, proxy)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         chunked = _frame(method, headers, body)
         # the request line is not checked by _serialize_headers' control-character guard: the
         # method and target come from aiohttp's request parser and the route's checked config
