@@ -78,7 +78,10 @@ async def providers_view(kh: Keyhop) -> dict[str, Any]:
             "tenants_required": provider.tenants,
             "tenants": tenants,
         }
-    return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+    view = {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+    if kh.peers is not None:
+        kh.peers.merge_providers(view, now)  # SPEC 7: every worker's states, as one process
+    return view
 
 
 async def handle_admin(

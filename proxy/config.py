@@ -85,6 +85,8 @@ class Config:
     timeouts: ClientTimeouts = ClientTimeouts()
     tracing: TracingConfig | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    #: worker processes serving `listen` (SPEC 7); 1 = no supervisor
+    workers: int = 1
 
 
 # --- interpolation (SPEC 3.1) ----------------------------------------------------------------
@@ -132,8 +134,31 @@ def _read_tracing(node: Node) -> TracingConfig | None:
     return TracingConfig(endpoint, service, min(ratio, 1.0)) if endpoint else None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(value: Any) -> int | None:
+    """`N` (1 or more) or `auto`; None when it is neither."""
+    if value == "auto":
+        return usable_cores()
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
 def parse_config(
-    data: Any, source: str = "<config>", *, listen_override: str | None = None
+    data: Any,
+    source: str = "<config>",
+    *,
+    listen_override: str | None = None,
+    workers_override: str | None = None,
 ) -> Config:
     problems = Problems(source)
     found: set[str] = set()
@@ -248,6 +273,19 @@ def parse_config(
     )
     tnode.finish()
     tracing = _read_tracing(root.child("tracing"))
+    raw_workers = root.get("workers", 1)
+    where = "--workers" if workers_override is not None else "workers"
+    workers = parse_workers(workers_override if workers_override is not None else raw_workers)
+    if workers is None:
+        shown = workers_override if workers_override is not None else describe(raw_workers)
+        problems.add(where, f"expected a whole number >= 1 or 'auto', found {shown}")
+        workers = 1
+    if workers > 1 and store == "memory:":
+        problems.add(
+            where,
+            f"{workers} workers with store: memory: would share nothing (each its own tokens, "
+            "fetches and rate budget); use store: sqlite://PATH (the default) or redis://",
+        )
     root.finish()
     if problems.items:
         # a value read from ${...} is never quoted back, even when it is the wrong value
@@ -275,10 +313,13 @@ def parse_config(
         timeouts=timeouts,
         tracing=tracing,
         secrets=frozenset(s for s in secrets if len(s) >= 4),
+        workers=workers,
     )
 
 
-def load_config(path: str, *, listen_override: str | None = None) -> Config:
+def load_config(
+    path: str, *, listen_override: str | None = None, workers_override: str | None = None
+) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -292,4 +333,6 @@ def load_config(path: str, *, listen_override: str | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
-    return parse_config(data, path, listen_override=listen_override)
+    return parse_config(
+        data, path, listen_override=listen_override, workers_override=workers_override
+    )
