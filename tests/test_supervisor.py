@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy.config import parse_config
 from proxy.errors import ConfigError
 from proxy.logs import PIPE_BUF, chunks
-from proxy.peers import merge
+from proxy.peers import RETIRED, merge, retire, write_atomically
 from tests.conftest import StartUpstream
 from tests.support import ROOT, KeyhopProcess, free_port, wait_healthy, write_config
 from tests.test_process import echo_header_app, versioned
@@ -357,3 +357,21 @@ def test_merged_metrics_sum_counters_and_take_the_worst_store_health() -> None:
     merged = {name: samples for name, _, _, samples in merge([a, b])}
     assert merged["keyhop_requests"] == [["keyhop_requests_total", {"status": "200"}, 7.0]]
     assert merged["keyhop_store_up"] == [["keyhop_store_up", {}, 0.0]]
+
+
+def test_a_dead_workers_counters_are_kept_and_its_gauges_dropped(tmp_path: Path) -> None:
+    def snapshot(requests: float) -> dict[str, Any]:
+        return {
+            "families": [
+                ["keyhop_requests", "counter", "", [["keyhop_requests_total", {}, requests]]],
+                ["keyhop_in_flight_requests", "gauge", "", [["keyhop_in_flight_requests", {}, 5]]],
+            ]
+        }
+
+    write_atomically(tmp_path / "101.json", snapshot(3))
+    write_atomically(tmp_path / "102.json", snapshot(4))
+    retire(tmp_path, 101)
+    retire(tmp_path, 102)
+    assert not (tmp_path / "101.json").exists() and not (tmp_path / "102.json").exists()
+    retired = json.loads((tmp_path / RETIRED).read_text())["families"]
+    assert retired == [["keyhop_requests", "counter", "", [["keyhop_requests_total", {}, 7.0]]]]
