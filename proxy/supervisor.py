@@ -281,4 +281,10 @@ class Supervisor:
 def supervise(
     config: Config, path: str, listen: str | None, workers: str | None, level: str
 ) -> int:
-    return asyncio.run(Supervisor(config, path, listen, workers, level).run())
+    try:
+        supervisor = Supervisor(config, path, listen, workers, level)
+    except OSError as exc:  # the workers' snapshot directory (a read-only /tmp, ...)
+        where = tempfile.gettempdir()
+        print(f"keyhop: cannot create a directory in {where} (set TMPDIR): {exc}", file=sys.stderr)
+        return 1
+    return asyncio.run(supervisor.run())
