@@ -125,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     worker_index = getattr(args, "worker_index", None)
     workers = getattr(args, "workers", None) if worker_index is None else None
+    if worker_index is not None:
+        from proxy.config import READ_FROM
+        from proxy.supervisor import CONFIG_COPY
+
+        # what the supervisor checked, named as the user's file
+        READ_FROM[args.config] = os.path.join(args.worker_dir, CONFIG_COPY)
     config = _load(args.config, getattr(args, "listen", None), workers)
     if config is None:
         return 2

@@ -22,6 +22,7 @@ from proxy.interpolation import interpolate
 from proxy.providers import DEFAULT_REPLAY_MAX_BYTES, ProviderConfig, read_provider
 from proxy.routing import DEFAULT_PORTS, Route, Upstream, check_prefix
 from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
+from proxy.workers_config import read_workers
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 PROVIDER_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
@@ -132,25 +133,6 @@ def _read_tracing(node: Node) -> TracingConfig | None:
         node.error("sample_ratio", f"expected a number from 0 to 1, found {ratio:g}")
     node.finish()
     return TracingConfig(endpoint, service, min(ratio, 1.0)) if endpoint else None
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def parse_workers(value: Any) -> int | None:
-    """`N` (1 or more) or `auto`; None when it is neither."""
-    if value == "auto":
-        return usable_cores()
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return None
-    return value
 
 
 def parse_config(
@@ -273,19 +255,7 @@ def parse_config(
     )
     tnode.finish()
     tracing = _read_tracing(root.child("tracing"))
-    raw_workers = root.get("workers", 1)
-    where = "--workers" if workers_override is not None else "workers"
-    workers = parse_workers(workers_override if workers_override is not None else raw_workers)
-    if workers is None:
-        shown = workers_override if workers_override is not None else describe(raw_workers)
-        problems.add(where, f"expected a whole number >= 1 or 'auto', found {shown}")
-        workers = 1
-    if workers > 1 and store == "memory:":
-        problems.add(
-            where,
-            f"{workers} workers with store: memory: would share nothing (each its own tokens, "
-            "fetches and rate budget); use store: sqlite://PATH (the default) or redis://",
-        )
+    workers = read_workers(root.get("workers", 1), workers_override, store, problems)
     root.finish()
     if problems.items:
         # a value read from ${...} is never quoted back, even when it is the wrong value
@@ -317,15 +287,36 @@ def parse_config(
     )
 
 
+#: path -> the file it is read from instead: a worker reads the copy of the config file its
+#: supervisor last checked (proxy/supervisor.py), so every worker, a replacement started
+#: after the file was edited included, runs the config that was checked; errors and logs
+#: still name the path
+READ_FROM: dict[str, str] = {}
+
+
 def load_config(
     path: str, *, listen_override: str | None = None, workers_override: str | None = None
 ) -> Config:
+    return parse_config_text(
+        read_config_text(path),
+        path,
+        listen_override=listen_override,
+        workers_override=workers_override,
+    )
+
+
+def read_config_text(path: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(READ_FROM.get(path, path)).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+
+
+def parse_config_text(
+    text: str, path: str, *, listen_override: str | None = None, workers_override: str | None = None
+) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -13,8 +13,10 @@ Rules:
   already queued on it are served by the replacement, not reset; in a crash loop (a back-off
   over 1 s) it is closed, and reopened with the replacement, so no client waits that long.
 - SIGHUP: the supervisor reads and checks the file itself; only a valid one is passed on,
-  so every worker reloads, or none does. SIGTERM/SIGINT: it stops listening, passes the
-  signal on, waits for every worker to drain, exits 0.
+  so every worker reloads, or none does. Workers read the copy of the file the supervisor
+  last checked (CONFIG_COPY, proxy/config.py READ_FROM): a replacement started after the
+  file was edited, or broken, runs what the others run. SIGTERM/SIGINT: it stops
+  listening, passes the signal on, waits for every worker to drain, exits 0.
 - The console's CSRF key is made here and given to every worker (proxy/console_session.py),
   so a form one worker shows another accepts.
 """
@@ -28,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from proxy.config import Config, load_config
+from proxy.config import Config, parse_config_text, read_config_text
 from proxy.errors import ConfigError
 from proxy.peers import retire
 from proxy.server import listening_socket
@@ -46,6 +49,7 @@ START_TIMEOUT: Final = 60.0
 BACKOFF_FIRST: Final = 1.0
 BACKOFF_MAX: Final = 30.0
 RESET_AFTER: Final = 30.0  # seconds up after which a worker's death starts the back-off anew
+CONFIG_COPY: Final = "config.yaml"  # in the workers' directory
 
 
 @dataclass
@@ -78,6 +82,22 @@ class Supervisor:
         self.env = {**os.environ, "KEYHOP_CSRF_KEY": secrets.token_hex(32)}
         self.stopping = False
         self.done = asyncio.Event()
+
+    def check(self) -> Config:
+        """Read the file once and check it as a worker would build it; only then is that text
+        what workers read. ConfigError (or what building it raised) otherwise."""
+        from proxy.runtime import Runtime  # aiohttp and the rest: only once workers run
+
+        text = read_config_text(self.path)
+        new = parse_config_text(
+            text, self.path, listen_override=self.listen, workers_override=self.workers_override
+        )
+        Runtime(new)  # TLS contexts, CA files: what a worker builds must build
+        copy = self.directory / CONFIG_COPY
+        tmp = copy.with_name(".config.yaml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, copy)
+        return new
 
     # -- sockets and processes -------------------------------------------------------------------
 
@@ -127,7 +147,36 @@ class Supervisor:
 
     # -- start, restart, stop --------------------------------------------------------------------
 
+    async def _prepare_store(self) -> None:
+        """Workers opening a new SQLite file at once race to switch it to WAL, and the loser
+        gets "database is locked" at once (no busy wait): make the file and its tables here
+        first. OSError or sqlite3.Error when it cannot be opened."""
+        from proxy.shared import SqliteLimiter
+        from proxy.store import SqliteStore, open_store
+
+        store = open_store(self.config.store)
+        if isinstance(store, SqliteStore):
+            try:
+                await store.open()
+            finally:
+                await store.close()
+            limiter = SqliteLimiter(store.path)
+            await limiter.blocked_until("")  # creates its tables
+            await limiter.close()
+
     async def start(self) -> int:
+        try:
+            self.config = self.check()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 2
+        try:
+            await self._prepare_store()
+        except (OSError, sqlite3.Error) as exc:
+            store = self.config.store
+            print(f"keyhop: cannot open the token store {store}: {exc}", file=sys.stderr)
+            return 1
         host, port = self.config.listen.host, self.config.listen.port
         try:
             # alone first: refused if anyone listens there, even with SO_REUSEPORT
@@ -201,12 +250,7 @@ class Supervisor:
 
     def reload(self) -> None:
         try:
-            new = load_config(
-                self.path, listen_override=self.listen, workers_override=self.workers_override
-            )
-            from proxy.runtime import Runtime
-
-            Runtime(new)  # what a worker builds from it (TLS contexts, CA files) must build too
+            new = self.check()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed, every worker keeps the running config: %s", problem)
