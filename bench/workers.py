@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -70,16 +71,24 @@ def main() -> int:
             for workers, keyhop in keyhops.items():
                 url = keyhop.base_url + "/kibo/small"
                 run_wrk(wrk, url, 2, args.connections, 2)  # warm-up: token, pools, caches
-                ticks = tree_ticks(keyhop.pid)
+                ticks, up_ticks = tree_ticks(keyhop.pid), tree_ticks(upstream.pid)
+                wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run_wrk(wrk, url, 2, args.connections, args.duration)
-                cpu_s = (tree_ticks(keyhop.pid) - ticks) / os.sysconf("SC_CLK_TCK")
+                hz = os.sysconf("SC_CLK_TCK")
+                cpu_s = (tree_ticks(keyhop.pid) - ticks) / hz
+                up_s = (tree_ticks(upstream.pid) - up_ticks) / hz
+                wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                wrk_s = (wrk_after.ru_utime + wrk_after.ru_stime) - (
+                    wrk_before.ru_utime + wrk_before.ru_stime
+                )
                 if result.errors:
                     print(f"workers {workers}: {result.errors} errors", file=sys.stderr)
                 rps[workers].append(result.rps)
                 print(
                     f"workers {workers}: {result.rps:,.0f} req/s  p50 {result.p50_ms:.2f} ms  "
                     f"keyhop CPU {cpu_s / max(1, result.requests) * 1e6:.0f} us/request, "
-                    f"{cpu_s / args.duration:.2f} cores"
+                    f"{cpu_s / args.duration:.2f} cores (upstream "
+                    f"{up_s / args.duration:.2f}, wrk {wrk_s / args.duration:.2f})"
                 )
     finally:
         for service in reversed(services):
