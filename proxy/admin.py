@@ -107,7 +107,10 @@ async def providers_view(kh: Keyhop, offset: int = 0, limit: int = TENANTS_PAGE)
             "tenants_total": len(ordered),
             "tenants_next_offset": offset + limit if offset + limit < len(ordered) else None,
         }
-    return {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+    view = {"providers": out, "store": {"engine": kh.store.description, "ok": store_ok}}
+    if kh.peers is not None:
+        kh.peers.merge_providers(view, now)  # SPEC 7: every worker's states, as one process
+    return view
 
 
 async def _console_view(kh: Keyhop) -> dict[str, Any]:

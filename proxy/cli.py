@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="run the proxy"))
     serve.add_argument("--listen", help="HOST:PORT, overrides the config's listen")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", help="N or auto: worker processes (overrides the config's)")
+    # how the supervisor starts a worker (proxy/supervisor.py); not for people
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
 
     with_config(commands.add_parser("check", help="validate the config; exit 0 or 2"))
 
@@ -49,9 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str, listen: str | None = None) -> Config | None:
+def _load(path: str, listen: str | None = None, workers: str | None = None) -> Config | None:
     try:
-        return load_config(path, listen_override=listen)
+        return load_config(path, listen_override=listen, workers_override=workers)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -118,7 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sandbox_main(args.listen)
 
-    config = _load(args.config, getattr(args, "listen", None))
+    worker_index = getattr(args, "worker_index", None)
+    workers = getattr(args, "workers", None) if worker_index is None else None
+    if worker_index is not None:
+        from proxy.config import READ_FROM
+        from proxy.supervisor import CONFIG_COPY
+
+        # what the supervisor checked, named as the user's file
+        READ_FROM[args.config] = os.path.join(args.worker_dir, CONFIG_COPY)
+    config = _load(args.config, getattr(args, "listen", None), workers)
     if config is None:
         return 2
     if args.command == "check":
@@ -129,8 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.server import run
 
         formatter = setup_logging(args.log_level)
+        link = None
+        if worker_index is not None:
+            from proxy.worker import WorkerLink
+
+            link = WorkerLink.parse(worker_index, args.worker_fds, args.worker_dir)
+            formatter.fields = {"pid": os.getpid(), "worker": worker_index}
+        elif config.workers > 1:
+            from proxy.supervisor import supervise
+
+            return supervise(config, args.config, args.listen, args.workers, args.log_level)
         try:
-            run(config, args.config, args.listen, formatter)
+            run(config, args.config, args.listen, formatter, link)
         except StoreUnavailable as exc:
             print(f"keyhop: {exc}", file=sys.stderr)
             return 1

@@ -23,6 +23,7 @@ from proxy.interpolation import interpolate
 from proxy.providers import DEFAULT_REPLAY_MAX_BYTES, ProviderConfig, read_provider
 from proxy.routing import DEFAULT_PORTS, Route, Upstream, check_prefix
 from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
+from proxy.workers_config import read_workers
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 PROVIDER_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
@@ -86,6 +87,8 @@ class Config:
     timeouts: ClientTimeouts = ClientTimeouts()
     tracing: TracingConfig | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    #: worker processes serving `listen` (SPEC 7); 1 = no supervisor
+    workers: int = 1
 
 
 # --- interpolation (SPEC 3.1) ----------------------------------------------------------------
@@ -134,7 +137,11 @@ def _read_tracing(node: Node) -> TracingConfig | None:
 
 
 def parse_config(
-    data: Any, source: str = "<config>", *, listen_override: str | None = None
+    data: Any,
+    source: str = "<config>",
+    *,
+    listen_override: str | None = None,
+    workers_override: str | None = None,
 ) -> Config:
     problems = Problems(source)
     found: set[str] = set()
@@ -250,6 +257,7 @@ def parse_config(
     )
     tnode.finish()
     tracing = _read_tracing(root.child("tracing"))
+    workers = read_workers(root.get("workers", 1), workers_override, store, problems)
     root.finish()
     if problems.items:
         # a value read from ${...} is never quoted back, even when it is the wrong value
@@ -280,16 +288,40 @@ def parse_config(
         timeouts=timeouts,
         tracing=tracing,
         secrets=frozenset(s for s in secrets if len(s) >= 4),
+        workers=workers,
     )
 
 
-def load_config(path: str, *, listen_override: str | None = None) -> Config:
+#: path -> the file it is read from instead: a worker reads the copy of the config file its
+#: supervisor last checked (proxy/supervisor.py), so every worker, a replacement started
+#: after the file was edited included, runs the config that was checked; errors and logs
+#: still name the path
+READ_FROM: dict[str, str] = {}
+
+
+def load_config(
+    path: str, *, listen_override: str | None = None, workers_override: str | None = None
+) -> Config:
+    return parse_config_text(
+        read_config_text(path),
+        path,
+        listen_override=listen_override,
+        workers_override=workers_override,
+    )
+
+
+def read_config_text(path: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(READ_FROM.get(path, path)).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+
+
+def parse_config_text(
+    text: str, path: str, *, listen_override: str | None = None, workers_override: str | None = None
+) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -297,4 +329,6 @@ def load_config(path: str, *, listen_override: str | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
-    return parse_config(data, path, listen_override=listen_override)
+    return parse_config(
+        data, path, listen_override=listen_override, workers_override=workers_override
+    )

@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from typing import Final
 
@@ -31,7 +32,19 @@ FLASH_COOKIE: Final = "keyhop_flash"
 CONSOLE: Final = "/-/console"
 FLASH_MAX: Final = 600  # characters: a flash is a sentence, and a cookie is at most 4 KiB
 
-_CSRF_KEY: Final = secrets.token_bytes(32)  # per process: forms from before a restart are refused
+
+def _csrf_key() -> bytes:
+    """Per process: forms from before a restart are refused. Workers share their supervisor's
+    (proxy/supervisor.py passes it in the environment) so a form one shows another accepts."""
+    given = os.environ.pop("KEYHOP_CSRF_KEY", "")
+    try:
+        key = bytes.fromhex(given)
+    except ValueError:
+        key = b""
+    return key if len(key) == 32 else secrets.token_bytes(32)
+
+
+_CSRF_KEY: Final = _csrf_key()
 
 
 def _b64(data: bytes) -> str:

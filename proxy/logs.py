@@ -1,20 +1,32 @@
-"""Structured logging: one JSON object per line on stderr, secrets redacted."""
+"""Structured logging: one JSON object per line on stderr, secrets redacted.
+
+With `workers:` every worker writes to the same stderr as its supervisor: each write(2)
+carries whole lines and at most PIPE_BUF bytes, which POSIX makes atomic on a pipe (and
+Linux on a file opened O_APPEND), so lines from different workers never interleave.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, Final, TextIO
+
+#: POSIX: writes of at most this many bytes to a pipe are never interleaved with others'
+PIPE_BUF: Final = 4096
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, redact: Callable[[str], str] | None = None) -> None:
         super().__init__()
         self.redact = redact
+        #: fields every line carries (a worker's pid and index under a supervisor)
+        self.fields: dict[str, Any] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         if record.name == "keyhop.access":
@@ -25,6 +37,7 @@ class JsonFormatter(logging.Formatter):
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "msg": record.getMessage(),
+                **self.fields,
             }
             if record.exc_info and record.exc_info[0] is not None:
                 payload["exc"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
@@ -43,22 +56,55 @@ def setup_logging(level: str = "info") -> JsonFormatter:
     return formatter
 
 
+def chunks(lines: list[str], limit: int = PIPE_BUF) -> list[bytes]:
+    """`lines` as newline-terminated blocks of whole lines, each at most `limit` bytes
+    (a single longer line is a block of its own)."""
+    out: list[bytes] = []
+    block: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line.encode("utf-8", "surrogateescape") + b"\n"
+        if block and size + len(data) > limit:
+            out.append(b"".join(block))
+            block, size = [], 0
+        block.append(data)
+        size += len(data)
+    if block:
+        out.append(b"".join(block))
+    return out
+
+
 class AccessWriter:
     """Access lines, buffered: written every `interval` seconds or once 64 KiB pile up.
 
     A write(2) per request costs more than building the line; a tenth of a second of
     delay costs nothing. `flush()` runs at shutdown so no line is lost on a clean exit.
+    Lines go out in blocks of whole lines of at most PIPE_BUF bytes, one write(2) each.
+    `pid` (under a supervisor) opens every line with the worker's `"pid"`.
     """
 
-    def __init__(self, stream: TextIO, interval: float = 0.1, max_bytes: int = 65536) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        interval: float = 0.1,
+        max_bytes: int = 65536,
+        pid: int | None = None,
+    ) -> None:
         self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None  # an in-memory stream (tests): written through
         self._interval = interval
         self._max = max_bytes
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._prefix = None if pid is None else f'{{"pid":{pid},'
 
     def __call__(self, line: str) -> None:
+        if self._prefix is not None and line.startswith("{"):
+            line = self._prefix + line[1:]
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self._max:
@@ -70,8 +116,16 @@ class AccessWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._lines:
-            self._stream.write("\n".join(self._lines) + "\n")
-            self._stream.flush()
-            self._lines.clear()
-            self._size = 0
+        if not self._lines:
+            return
+        lines, self._lines, self._size = self._lines, [], 0
+        if self._fd is None:
+            for block in chunks(lines):
+                self._stream.write(block.decode("utf-8", "surrogateescape"))
+                self._stream.flush()
+            return
+        self._stream.flush()  # what logging left in the stream's buffer goes first
+        for block in chunks(lines):
+            view = memoryview(block)
+            while view:  # a blocking fd writes it whole; a short write only on a signal
+                view = view[os.write(self._fd, view) :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -38,6 +38,8 @@ class Metrics:
         self.in_flight: set[asyncio.Task[object]] = set()
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
+        #: what /-/metrics renders: this registry, or all workers' (proxy/peers.py)
+        self.exposed: Any = self.registry
 
     def request(self, route: str, provider: str, status: int) -> None:
         key = (route, provider, status)
@@ -63,7 +65,7 @@ class Metrics:
         self.internal_errors += 1
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)
 
 
 class _Collector:

@@ -26,6 +26,7 @@ from proxy.token_cache import CredentialManager
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
+    from proxy.peers import Peers
     from proxy.tracing import Tracing
 
 log = logging.getLogger("keyhop")
@@ -102,6 +103,8 @@ class Keyhop:
     throttled_until: dict[str, float] = field(default_factory=dict)
     #: OpenTelemetry spans, when `tracing:` is configured (proxy/tracing.py); None: off
     tracing: Tracing | None = None
+    #: the other workers of the same supervisor (proxy/peers.py); None: a single process
+    peers: Peers | None = None
     #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop
     answers_expect: bool = False
     #: where access-log lines go: the logging module by default (tests see the records);

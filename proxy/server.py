@@ -22,7 +22,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -34,6 +34,9 @@ from proxy.errors import ConfigError, StoreUnavailable
 from proxy.forward import handle
 from proxy.logs import AccessWriter, JsonFormatter
 from proxy.runtime import KEYHOP
+
+if TYPE_CHECKING:
+    from proxy.worker import WorkerLink
 
 log = logging.getLogger("keyhop")
 
@@ -123,11 +126,19 @@ def create_server(
     )
 
 
-async def serve(config: Config, path: str, listen: str | None, formatter: JsonFormatter) -> None:
+async def serve(
+    config: Config,
+    path: str,
+    listen: str | None,
+    formatter: JsonFormatter,
+    worker: WorkerLink | None = None,
+) -> None:
     app = create_app(config)
     kh = app[KEYHOP]
     formatter.redact = kh.runtime.redact
-    writer = AccessWriter(sys.stderr)
+    writer = AccessWriter(sys.stderr, pid=os.getpid() if worker is not None else None)
+    if worker is not None:
+        worker.attach(kh)  # SPEC 7: one budget and one view for all workers
     kh.access_log = writer
     kh.answers_expect = True
     # the app owns the services (HTTP session, store, credentials) through its cleanup_ctx;
@@ -149,12 +160,10 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     server = create_server(handler, head_timeout=limits.head, keepalive_timeout=limits.keepalive)
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
-    family = socket.AF_INET6 if ":" in config.listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.listen.host, config.listen.port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    if worker is not None:
+        sock = worker.socket()  # bound by the supervisor (SO_REUSEPORT), one per worker
+    else:
+        sock = listening_socket(config.listen.host, config.listen.port)
     site = web.SockSite(runner, sock, backlog=1024)
     await site.start()
     host, port = sock.getsockname()[:2]
@@ -196,6 +205,8 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    if worker is not None:
+        worker.started(stop.set)
     await stop.wait()
     log.info("draining in-flight requests (up to %g s), then exiting", config.drain_timeout)
     try:
@@ -209,17 +220,39 @@ async def serve(config: Config, path: str, listen: str | None, formatter: JsonFo
             task.cancel()
         if left:
             await asyncio.wait(left, timeout=2)
+    if worker is not None:
+        await worker.close()
     await app.shutdown()
     await app.cleanup()
     writer.flush()
     log.info("keyhop stopped")
 
 
-def run(config: Config, path: str, listen: str | None, formatter: JsonFormatter) -> None:
+def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: one of several sockets on the same address, between which the kernel
+    spreads new connections evenly (SO_REUSEPORT, Linux 3.9)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def run(
+    config: Config,
+    path: str,
+    listen: str | None,
+    formatter: JsonFormatter,
+    worker: WorkerLink | None = None,
+) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config, path, listen, formatter))
+        asyncio.run(serve(config, path, listen, formatter, worker))
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(config, path, listen, formatter))
+            runner.run(serve(config, path, listen, formatter, worker))
