@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -26,7 +26,6 @@ from proxy.token_cache import CredentialManager
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.peers import Peers
     from proxy.tracing import Tracing
 
 log = logging.getLogger("keyhop")
@@ -87,6 +86,12 @@ class Runtime:
         self.redact = Redactor(self.config.secrets)
 
 
+class PeerStates(Protocol):
+    """What the request side asks of the other workers (proxy/peers.py implements it)."""
+
+    def merge_providers(self, view: dict[str, Any], now: float) -> None: ...
+
+
 @dataclass
 class Keyhop:
     runtime: Runtime
@@ -104,7 +109,7 @@ class Keyhop:
     #: OpenTelemetry spans, when `tracing:` is configured (proxy/tracing.py); None: off
     tracing: Tracing | None = None
     #: the other workers of the same supervisor (proxy/peers.py); None: a single process
-    peers: Peers | None = None
+    peers: PeerStates | None = None
     #: True under the low-level server, which leaves `Expect: 100-continue` to keyhop
     answers_expect: bool = False
     #: where access-log lines go: the logging module by default (tests see the records);
