@@ -9,6 +9,7 @@ must not be lost), and redis-py reconnects by itself on the next call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -24,6 +25,7 @@ from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter
 from proxy.tokens import Credential, StoredItem
 
 log = logging.getLogger("keyhop.store")
+REDIS_CONNECTIONS: Final = 64  # connections to Redis a replica keeps at most
 T = TypeVar("T")
 
 PREFIX: Final = "keyhop:"
@@ -82,13 +84,19 @@ class RedisStore:
         self.url = url
         self.description = "redis://" + url.split("@")[-1].split("://")[-1]  # no password
         self._clock = clock
-        self._client = redis.Redis.from_url(
+        # a burst waits for a pooled connection (up to the socket timeout) instead of
+        # failing as "Redis unreachable" past redis-py's default pool of 100
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=1.0,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             retry_on_timeout=False,
             health_check_interval=5,
         )
+        self._client = redis.Redis(connection_pool=pool)
+        self._client.auto_close_connection_pool = True
         self._release = self._client.register_script(_RELEASE)
         self._expire = self._client.register_script(_EXPIRE)
         self.healthy = True
@@ -207,6 +215,7 @@ class RedisLimiter:
         self._reserve = store.client.register_script(_RESERVE)
         self._block = store.client.register_script(_BLOCK)
         self._blocked: dict[str, tuple[float, float]] = {}  # provider -> (until, read at)
+        self._reading: dict[str, asyncio.Future[tuple[float, float]]] = {}
 
     async def reserve(self, provider: str, limit: RateLimit) -> float:
         interval = 1.0 / limit.per_second
@@ -227,11 +236,21 @@ class RedisLimiter:
         now = self._clock()
         cached = self._blocked.get(provider)
         if cached is None or now - cached[1] >= BLOCK_REFRESH:
-            raw = await self._store._call(
-                lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
-            )
-            cached = (float(raw) if raw else 0.0, now)
-            self._blocked[provider] = cached
+            reading = self._reading.get(provider)
+            if reading is None:
+
+                async def read() -> tuple[float, float]:
+                    raw = await self._store._call(
+                        lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
+                    )
+                    result = (float(raw) if raw else 0.0, now)
+                    self._blocked[provider] = result
+                    return result
+
+                reading = asyncio.ensure_future(read())
+                self._reading[provider] = reading
+                reading.add_done_callback(lambda _: self._reading.pop(provider, None))
+            cached = await asyncio.shield(reading)
         return max(cached[0], await self._local.blocked_until(provider))
 
     async def block(self, provider: str, until: float) -> None:

@@ -307,13 +307,6 @@ async def test_metrics_and_providers_describe_both_workers(
     assert len(scrapes) == 2  # both workers answered a scrape, each with the whole count
 
 
-@pytest.mark.xfail(
-    reason="proxy/redis_store.py: RedisLimiter.blocked_until reads Redis once per request on a "
-    "cold cache (no single flight), 150 at once exceed redis-py 8's pool of 100, the "
-    "MaxConnectionsError counts as 'Redis unreachable' and a local fetch lock makes a "
-    "second token request (reported to the lead)",
-    strict=False,
-)
 async def test_with_a_redis_store_two_workers_also_fetch_one_token(
     upstream: StartUpstream, ca_file: str, supervised: Any, redis_server: RedisServer
 ) -> None:
