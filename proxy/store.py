@@ -157,9 +157,18 @@ class SqliteStore:
         os.close(fd)
         os.chmod(self.path, 0o600)
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a rotated refresh token must survive a crash
         db.execute("PRAGMA busy_timeout=10000")
+        for attempt in range(50):
+            # two processes opening a new file at once race to switch it to WAL; the loser
+            # is told "database is locked" at once, whatever the busy timeout: try again
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        db.execute("PRAGMA synchronous=FULL")  # a rotated refresh token must survive a crash
         db.executescript(_SCHEMA)
         return db
 

@@ -89,3 +89,30 @@ def test_store_urls_pick_their_engine(tmp_path: Path) -> None:
     assert isinstance(sqlite, SqliteStore) and sqlite.path == f"{tmp_path}/x.db"
     with pytest.raises(ValueError):
         open_store("ftp://x")
+
+
+def _open_at(path: str, at: float) -> str:
+    """In a child process: wait for `at`, then open the store's file; the error, if any."""
+    import time as _time
+
+    _time.sleep(max(0.0, at - _time.time()))
+    try:
+        SqliteStore(path)._connect().close()
+    except Exception as exc:  # reported to the parent, which asserts there is none
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two processes switching a new file to WAL at the same moment: the loser is told
+    'database is locked' at once (not after the busy timeout) unless it tries again."""
+    import multiprocessing
+    import time as _time
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        for round_ in range(4):
+            path = str(tmp_path / f"race-{round_}.db")
+            at = _time.time() + 1.5
+            errors = pool.starmap(_open_at, [(path, at)] * 8)
+            assert errors == [""] * 8
