@@ -131,12 +131,13 @@ class Keyhop:
     def reload(self, config: Config) -> None:
         if config.tracing != self.runtime.config.tracing:
             log.warning("tracing changed in %s; restart keyhop to apply it", config.source)
+        runtime = Runtime(config)  # first: when it fails (a CA file TLS refuses), nothing changed
         old = self.runtime.config.providers
         for name, provider in old.items():
             new = config.providers.get(name)
             if new is None or new.fingerprint != provider.fingerprint:
                 self.manager.forget(name)
-        self.runtime = Runtime(config)
+        self.runtime = runtime
 
 
 KEYHOP: Final = web.AppKey("keyhop", Keyhop)

@@ -198,7 +198,11 @@ async def serve(
         old = kh.runtime.config.timeouts
         if (new.timeouts.head, new.timeouts.keepalive) != (old.head, old.keepalive):
             log.warning("timeouts.head/keepalive changed in %s; restart keyhop to apply", path)
-        kh.reload(new)
+        try:
+            kh.reload(new)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("reload failed, keeping the running config: %s: %s", path, exc)
+            return
         formatter.redact = kh.runtime.redact
         log.info("reloaded %s: %d routes, %d providers", path, len(new.routes), len(new.providers))
 

@@ -494,3 +494,27 @@ async def test_a_drain_that_runs_out_of_time_cuts_the_request_at_drain_timeout(
     logs = proc.logs()
     assert "cutting 1 request(s) still in flight" in logs
     assert '"status":499' in logs
+
+
+async def test_sighup_to_a_ca_file_tls_refuses_keeps_serving_the_old_config(
+    upstream: StartUpstream, processes: Start, tmp_path: Path, ca_file: str
+) -> None:
+    """The file parses, but building its TLS contexts fails (a ca_file with no certificate):
+    the reload is refused whole, logged, and nothing of the running config is dropped."""
+    base = await upstream(echo_header_app())
+    path = write_config(tmp_path / "keyhop.yaml", versioned(base, ca_file, "one"))
+    proc = processes(path)
+    assert await version_is(proc, "one")
+
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("this is no certificate\n")
+    write_config(path, versioned(base, str(not_pem), "two"))
+    proc.send(signal.SIGHUP)
+
+    async def reported() -> bool:
+        return "reload failed" in proc.logs()
+
+    await wait_for(reported)
+    assert await version_is(proc, "one")
+    assert "Traceback" not in proc.logs()
+    assert proc.proc is not None and proc.proc.poll() is None
