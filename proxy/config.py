@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -21,8 +20,9 @@ from proxy.egress import read_egress
 from proxy.errors import ConfigError
 from proxy.interpolation import interpolate
 from proxy.providers import DEFAULT_REPLAY_MAX_BYTES, ProviderConfig, read_provider
-from proxy.routing import DEFAULT_PORTS, Route, Upstream, check_prefix
-from proxy.schema import Node, Problems, Redactor, Secret, describe, is_url
+from proxy.route_config import read_routes
+from proxy.routing import Route
+from proxy.schema import Node, Problems, Redactor, Secret, describe
 from proxy.workers_config import read_workers
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
@@ -101,28 +101,6 @@ def _parse_listen(text: str) -> Listen | None:
     return Listen(host.strip("[]"), int(port))
 
 
-def _read_upstream(node: Node, key: str) -> Upstream | None:
-    text = node.string(key, required=True)
-    if text is None:
-        return None
-    parts = urlsplit(text)
-    if not is_url(text) or parts.query or parts.fragment or parts.username or parts.password:
-        node.error(key, f"expected http(s)://host[:port][/base/path], found {describe(text)}")
-        return None
-    base_path = parts.path.rstrip("/")
-    if any(seg in (".", "..") for seg in base_path.split("/")):
-        node.error(key, "the base path may not hold dot-segments")
-        return None
-    port = parts.port
-    return Upstream(
-        scheme=parts.scheme,
-        host=(parts.hostname or "").lower(),
-        port=port or DEFAULT_PORTS[parts.scheme],
-        explicit_port=port is not None,
-        base_path=base_path,
-    )
-
-
 def _read_tracing(node: Node) -> TracingConfig | None:
     if not node.ok or not node.raw:
         node.finish()
@@ -185,32 +163,7 @@ def parse_config(
         )
 
     # routes first: a provider's endpoints written as paths resolve against its first route
-    routes: list[Route] = []
-    rnodes = []
-    for i, item in enumerate(root.seq("routes")):
-        rnode = Node(item, f"routes[{i}]", problems)
-        rnodes.append(rnode)
-        prefix = rnode.string("prefix", required=True)
-        upstream = _read_upstream(rnode, "upstream")
-        provider_name = rnode.string("provider", required=True)
-        tenant = rnode.choice("tenant", ("header", "path"), "header")
-        websocket = rnode.boolean("websocket", False)
-        rnode.finish()
-        if prefix is not None:
-            err = check_prefix(prefix)
-            if err:
-                rnode.error("prefix", err)
-                prefix = None
-        if prefix is None or upstream is None or provider_name is None:
-            continue
-        routes.append(Route(prefix.rstrip("/") or "/", upstream, provider_name, tenant, websocket))
-    seen: dict[str, int] = {}
-    for i, route in enumerate(routes):
-        if route.prefix in seen:
-            problems.add(
-                f"routes[{i}].prefix", f"{route.prefix!r} is already routes[{seen[route.prefix]}]"
-            )
-        seen.setdefault(route.prefix, i)
+    routes = read_routes(root, problems)
 
     egress = read_egress(root)
     pnode = root.child("providers")
