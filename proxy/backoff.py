@@ -51,9 +51,12 @@ def fallback(
     if exc is not None:
         raise exc
     wait = max(1, math.ceil(state.next_attempt - now))
-    if isinstance(state.last_exception, LoginExpired):
-        raise LoginExpired(state.last_exception.message, provider=provider)
-    raise CredentialError(
+    last = state.last_exception
+    if isinstance(last, LoginExpired):
+        raise LoginExpired(last.message, provider=provider)
+    # the same kind of answer as the failure itself (a failing egress proxy stays one)
+    kind = type(last) if isinstance(last, CredentialError) else CredentialError
+    raise kind(
         f"could not get a credential for {provider}: {state.last_error}; next attempt in {wait} s",
         provider=provider,
     )

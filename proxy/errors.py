@@ -10,6 +10,7 @@
       ├─ NotConnected               503 not_connected
       │    └─ LoginExpired           the stored login was refused: a person must act again
       ├─ CredentialError            502 credential_error
+      │    └─ EgressFailed           502 upstream_unreachable (the proxy before a token endpoint)
       ├─ UpstreamUnreachable        502 upstream_unreachable
       ├─ UpstreamRefusedUpgrade     502 upstream_refused_upgrade (a WebSocket handshake)
       ├─ UpstreamTimeout            504 upstream_timeout
@@ -89,6 +90,14 @@ class CredentialError(ProxyError):
     code = "credential_error"
     #: the provider's own error code (RFC 6749 5.2 `error`), when it gave one
     vendor_code: str | None = None
+
+
+class EgressFailed(CredentialError):
+    """The egress proxy in front of a token endpoint refused or failed (SPEC 5.3): answered
+    502 upstream_unreachable naming the proxy, and backed off like any failing token
+    endpoint (SPEC 4.4), which is why it is a CredentialError."""
+
+    code = "upstream_unreachable"
 
 
 class UpstreamUnreachable(ProxyError):

@@ -11,7 +11,7 @@ from yarl import URL
 
 from proxy.auth import CredentialFlow
 from proxy.egress import SessionProxy, session_proxy
-from proxy.errors import CredentialError
+from proxy.errors import CredentialError, EgressFailed
 from proxy.messages import HttpRequest, HttpResponse
 from proxy.providers import ProviderConfig
 from proxy.runtime import Keyhop, ProviderRuntime
@@ -71,7 +71,7 @@ async def _send_flow_request(
         # endpoint, or the proxy in front of it, is backed off like any other (SPEC 4.4)
         failure = via.failure(exc)
         if failure is not None:
-            raise CredentialError(
+            raise EgressFailed(
                 f"token endpoint of {provider} ({url.host}): {failure}", provider=provider
             ) from None
         if isinstance(exc, TimeoutError):

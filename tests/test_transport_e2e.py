@@ -166,15 +166,19 @@ async def test_a_proxy_refusing_the_token_endpoint_is_502_naming_it(
         }
         path = config(tmp_path, bank, proxy, ca_file, auth, tls=client_pems)
         keyhop = processes(path, env={"PROXY_PASSWORD": PROXY_PASSWORD})
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{keyhop.url}/bank/api/whoami") as resp,
-        ):
-            body = await resp.json()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{keyhop.url}/bank/api/whoami") as resp:
+                body = await resp.json()
+            # backing off now: the next request is not sent, and says the same thing
+            async with session.get(f"{keyhop.url}/bank/api/whoami") as again:
+                again_body = await again.json()
     finally:
         await proxy.stop()
-    # 502 like every token endpoint failure, backed off like one (SPEC 4.4), naming the proxy
-    assert (resp.status, body["error"]) == (502, "credential_error")
+    assert (again.status, again_body["error"]) == (502, "upstream_unreachable")
+    assert "next attempt in" in again_body["message"]
+    # SPEC 5.3: 502 upstream_unreachable naming the proxy (backed off like any failing token
+    # endpoint, SPEC 4.4), never a direct connection
+    assert (resp.status, body["error"]) == (502, "upstream_unreachable")
     assert f"proxy {proxy.label} refused CONNECT (403 Forbidden)" in body["message"]
     assert proxy.targets == [bank.split("//")[1]]  # the token endpoint's; nothing went direct
     assert_no_secrets([keyhop.logs(), body["message"]], [PROXY_PASSWORD, CLIENT_SECRET])
