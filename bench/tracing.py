@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import trustme
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.egress import _load  # noqa: E402
-from bench.tunnel import _cpu_seconds, _free_port, _wait_port  # noqa: E402
+from bench.tunnel import _cpu_seconds, _free_port, _stop, _tls_upstream, _wait_port  # noqa: E402
 
 SINK = """
 import sys
@@ -48,20 +46,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    ca = trustme.CA()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        leaf = ca.issue_cert("localhost", "127.0.0.1")
-        leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
-        leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
-        ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-        up, sink = _free_port(), _free_port()
+        sink = _free_port()
         try:
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "tunnel.py"), "--serve-upstream", str(up),
-                 str(tmp / "cert.pem"), str(tmp / "key.pem")]
-            ))  # fmt: skip
+            up, ca_file = _tls_upstream(tmp, procs)
             procs.append(subprocess.Popen([sys.executable, "-c", SINK, str(sink)]))
             _wait_port(up)
             _wait_port(sink)
@@ -77,7 +67,7 @@ def main() -> None:
                 data: dict[str, object] = {
                     "store": "memory:",
                     "providers": {"p": {"auth": {"type": "static"}, "headers": {"X-Key": "k"},
-                                        "ca_file": str(tmp / "ca.pem")}},
+                                        "ca_file": ca_file}},
                     "routes": [{"prefix": "/r", "upstream": f"https://localhost:{up}",
                                 "provider": "p"}],
                 }  # fmt: skip
@@ -113,13 +103,7 @@ def main() -> None:
                     f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
                 )
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(procs)
 
 
 if __name__ == "__main__":

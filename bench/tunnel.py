@@ -68,6 +68,35 @@ def _serve_upstream(port: int, cert: str, key: str) -> None:
         asyncio.run(main())
 
 
+def _tls_upstream(tmp: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[int, str]:
+    """Start `--serve-upstream` on a free port with a fresh trustme certificate for
+    localhost; (its port, the CA file that verifies it). The process joins `procs`."""
+    import trustme  # not needed by the --serve-upstream child
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    port = _free_port()
+    procs.append(subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port),
+         str(tmp / "cert.pem"), str(tmp / "key.pem")]
+    ))  # fmt: skip
+    return port, str(tmp / "ca.pem")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each by its PID, SIGKILL the ones still there after 5 s."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_port(port: int) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -236,13 +265,7 @@ def main() -> None:
             options = (args.opens, args.requests, args.rounds, args.concurrency)
             runner(run(*options, ctx, up, procs[1].pid, proxy))
         finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(procs)
 
 
 if __name__ == "__main__":
