@@ -8,17 +8,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from proxy.runtime import Keyhop
 
 
 @dataclass(slots=True)
 class AccessInfo:
     """One access-log line, filled in as the request goes (SPEC 4.7), and the task serving
-    the request (for the read-timeout watchdog)."""
+    the request (for the read-timeout watchdog; None on the express lane, which has no task
+    and keeps its own timer)."""
 
-    task: asyncio.Task[Any]
+    task: asyncio.Task[Any] | None
 
     route: str | None = None
     provider: str | None = None
@@ -37,18 +36,18 @@ def _json_or_null(value: str | None) -> str:
 
 
 def log_access(
-    request: web.BaseRequest, info: AccessInfo, status: int, started: float, kh: Keyhop
+    method: str, target: str, info: AccessInfo, status: int, started: float, kh: Keyhop
 ) -> None:
     """One JSON object per request, built by hand: this runs on every request. Only what the
     client sent (method, path, query names, tenant) can hold a configured secret, so only
     that is redacted (route, provider, credential and error are keyhop's own words)."""
     redact = kh.runtime.redact
-    path, _, query = request.raw_path.partition("?")
+    path, _, query = target.partition("?")
     tenant = info.tenant and redact(info.tenant)
     line = (
         f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
         f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(tenant)},'
-        f'"method":{_str(redact(request.method))},"path":{_str(redact(path))},"status":{status},'
+        f'"method":{_str(redact(method))},"path":{_str(redact(path))},"status":{status},'
         f'"duration_ms":{(time.perf_counter() - started) * 1000:.3f},'
         f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
         f'"credential":{_json_or_null(info.credential)}'

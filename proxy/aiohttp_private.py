@@ -15,7 +15,16 @@ Hooks:
   handler waits for a request head), `_request_count` (bumped by the parser for each head
   it completes or refuses), `_messages` (the parsed requests, with their bodies),
   `_upgraded`, `_force_close`/`_close` and `_loop` to time and count the bytes of each request head
-  while it arrives; aiohttp limits each line, not the head.
+  while it arrives; aiohttp limits each line, not the head. The express lane (proxy/lane.py)
+  takes parsed requests off `_messages` while `start()` is parked on `_waiter`, and keeps
+  aiohttp's own bookkeeping as `start()` would: `_parser.message_consumed()`,
+  `_manager.requests_count`, `_request_in_progress` and `_handler_waiter` (which `shutdown()`
+  waits on), `_keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`.
+- `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
+  kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.
+- `CheckedResponseHandler.feed_data` / `set_exception` (DataQueue): a parsed answer or a
+  failure goes to the express lane's listener instead of the queue `read()` waits on.
+- `rfc822_formatted_time` (aiohttp.helpers): the Date header aiohttp's responses carry.
 - `StreamResponse._prepare_headers` (aiohttp.web_response): `RelayedResponse` and
   `RelayedStreamResponse` take out the default Content-Type and the Server header aiohttp
   adds to every response, when the upstream did not send them (relay.py).
@@ -27,20 +36,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import _EXC_SENTINEL, rfc822_formatted_time
+from aiohttp.http_parser import RawRequestMessage, RawResponseMessage
 from aiohttp.http_writer import _serialize_headers as serialize_headers
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDict
 
 from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_head, head_end
 
 __all__ = [
+    "AnswerListener",
     "CheckedResponseHandler",
+    "EMPTY_PAYLOAD",
+    "Express",
+    "RawRequestMessage",
+    "RawResponseMessage",
+    "rfc822_formatted_time",
     "GuardedRequestHandler",
     "ProtocolServer",
     "ResponseHandler",
@@ -54,6 +71,13 @@ __all__ = [
 
 async def drain(protocol: BaseProtocol) -> None:
     await protocol._drain_helper()
+
+
+class AnswerListener(Protocol):
+    """Takes a connection's next answer without a task waiting on `read()` (proxy/lane.py)."""
+
+    def answer(self, message: RawResponseMessage, payload: StreamReader) -> None: ...
+    def failed(self, exc: BaseException) -> None: ...
 
 
 class CheckedResponseHandler(ResponseHandler):
@@ -73,6 +97,40 @@ class CheckedResponseHandler(ResponseHandler):
         self._scanned = 0  # bytes of _head already searched for the blank line
         self._body_fed: int | None = None  # raw body bytes of a length-framed answer so far
         self._ended = False  # the answer is whole: whatever comes now is stray
+        #: when set, parsed answers and failures go here instead of to read()
+        self.listener: AnswerListener | None = None
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        listener = self.listener
+        if listener is None:
+            super().feed_data(data, size)
+        else:
+            listener.answer(*data)
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = _EXC_SENTINEL) -> None:
+        listener = self.listener
+        if listener is None:
+            super().set_exception(exc, exc_cause)
+        else:
+            self.listener = None
+            self._should_close = True  # as ResponseHandler's own: this connection is done
+            listener.failed(exc)
+
+    def expect_answer(self, skip_payload: bool) -> None:
+        """Before a request is written: a parser for its answer, and the head check armed.
+        The last answer's parser is kept when it was set up alike (a kept-alive connection's
+        parser is back at the start of a message once an answer ended; creating one per
+        request was a tenth of the lane's cost)."""
+        if self._parser is None or self._skip_payload != skip_payload:
+            self.set_response_params(
+                skip_payload=skip_payload, read_until_eof=True, auto_decompress=False
+            )
+        self.expect_head()
+
+    def whole_body(self, payload: StreamReader) -> bytes:
+        """The body of an answer that has all arrived (`payload.is_eof()`), without the
+        flow-control bookkeeping of reading it (this connection is released next)."""
+        return b"".join(payload._buffer)
 
     def expect_head(self) -> None:
         self._head = bytearray()
@@ -154,7 +212,15 @@ class GuardedRequestHandler(RequestHandler):
     but has no clock (a long answer is not its fault); past `max_head` nothing more is
     parsed and the connection closes after the answer in progress."""
 
-    def __init__(self, manager: Any, *, head_timeout: float, max_head: int, **kw: Any) -> None:
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        head_timeout: float,
+        max_head: int,
+        express: Express | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(manager, **kw)
         self.head_timeout = head_timeout
         self.max_head = max_head
@@ -162,16 +228,104 @@ class GuardedRequestHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         #: the body of the last request parsed: bytes after its end are the next head
         self._last_body: StreamReader | None = None
+        self.express = express
+        self._express_busy = False  # the express lane is serving a request of this connection
+        #: a request the lane gave back to start(), and the lane's note for the handler
+        self._handover: tuple[object, Any] | None = None
 
     def refusal(self, status: int, text: str) -> bytes:
         """The whole answer (head and body) sent before the connection is closed."""
         raise NotImplementedError
 
     def _waiting_for_head(self) -> bool:
+        if self._express_busy:
+            return False
         if self._request_count == 0:
             return True  # nothing parsed yet (start() may not have run to its wait)
         waiter = self._waiter
         return waiter is not None and not waiter.done()
+
+    # -- the express lane (proxy/lane.py) ------------------------------------------------------
+    #
+    # start() serves one request at a time, in order, and parks on `_waiter` between them.
+    # While it is parked, requests are parsed without waking it; the lane takes the first
+    # queued one when it can serve it without a task, and start() is woken for the first one
+    # it cannot. Only one request of a connection is ever in progress, lane or start().
+
+    def _parse(self, data: bytes) -> None:
+        waiter = self._waiter
+        if self.express is None or waiter is None or waiter.done():
+            super().data_received(data)
+            return
+        self._waiter = None  # parse without waking start(): the lane may take the request
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._messages and not self._express_busy:
+            waiter = self._waiter
+            if waiter is None or waiter.done() or self._force_close or self._close:
+                return  # start() is busy, or woken, or the connection is closing
+            message, payload = self._messages[0]
+            express = self.express
+            if (
+                express is not None
+                and payload is EMPTY_PAYLOAD
+                and not isinstance(message, _ErrInfo)
+                and not self.writing_paused
+                and self.transport is not None
+                and express(self, message)
+            ):
+                self._messages.popleft()
+                if self._parser is not None:
+                    self._parser.message_consumed()
+                if self._manager is not None:
+                    self._manager.requests_count += 1
+                self._express_busy = self._request_in_progress = True
+                return
+            waiter.set_result(None)
+            return
+
+    def express_done(self, keep_alive: bool) -> None:
+        """The lane wrote its answer (or the client went away): as start() does after a
+        request, keep the connection open with its idle timer, or close it."""
+        self._express_busy = self._request_in_progress = False
+        handler_waiter = self._handler_waiter
+        if handler_waiter is not None and not handler_waiter.done():
+            handler_waiter.set_result(None)  # shutdown() is waiting for this request
+        if not keep_alive or self._close or self._force_close:
+            self.force_close()
+            return
+        if self._keepalive_timeout > 0:
+            loop = self._loop
+            close_time = loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        if self._messages:
+            self._dispatch()
+
+    def express_give_back(self, message: RawRequestMessage, note: Any) -> None:
+        """The lane cannot finish this request: start() serves it, and the handler finds
+        `note` with handover_note()."""
+        self._express_busy = self._request_in_progress = False
+        self._handover = (message.raw_headers, note)
+        self._messages.appendleft((message, EMPTY_PAYLOAD))
+        handler_waiter = self._handler_waiter
+        if handler_waiter is not None and not handler_waiter.done():
+            handler_waiter.set_result(None)  # shutdown() now waits for start()'s task
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _process_keepalive(self) -> None:
+        if self._express_busy:
+            self._keepalive_handle = None  # express_done() starts the idle timer again
+            return
+        super()._process_keepalive()
 
     def data_received(self, data: bytes) -> None:
         if not data or self._force_close or self._upgraded:
@@ -181,14 +335,12 @@ class GuardedRequestHandler(RequestHandler):
             return  # closing after the current answer: aiohttp parses nothing more either
         body = self._last_body
         if body is not None and not body.is_eof():
-            super().data_received(data)  # the body of the last request parsed
+            self._parse(data)  # the body of the last request parsed (and maybe more)
             return
         idle = self._waiting_for_head()
-        if idle and self._head_timer is None:
-            self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
         self._head_bytes += len(data)
         before = self._request_count
-        super().data_received(data)
+        self._parse(data)
         if self._request_count != before:  # the parser has the head (or refused it)
             if self._messages:
                 self._last_body = self._messages[-1][1]
@@ -201,6 +353,10 @@ class GuardedRequestHandler(RequestHandler):
                 # inside that one, so the connection closes once it is done
                 self._head_done()
                 self.close()
+        elif idle and self._head_timer is None:
+            # a head still coming (started now: a whole head in one read, the usual case,
+            # needs no timer at all)
+            self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
 
     def _head_done(self) -> None:
         self._head_bytes = 0
@@ -223,6 +379,32 @@ class GuardedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._head_done()
         super().connection_lost(exc)
+        if self._express_busy and self.express is not None:
+            self.express.client_lost(self)
+
+
+def handover_note(request: web.BaseRequest) -> Any:
+    """The express lane's note on a request it gave back (None for any other request)."""
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedRequestHandler):
+        return None
+    pending = protocol._handover
+    if pending is None or pending[0] is not request.raw_headers:
+        return None
+    protocol._handover = None
+    return pending[1]
+
+
+class Express(Protocol):
+    """The express lane, as GuardedRequestHandler calls it (proxy/lane.py)."""
+
+    def __call__(self, protocol: GuardedRequestHandler, message: RawRequestMessage) -> bool:
+        """Take `message` (True: it will call express_done or express_give_back later)."""
+        ...
+
+    def client_lost(self, protocol: GuardedRequestHandler) -> None:
+        """The client's connection closed while the lane was serving one of its requests."""
+        ...
 
 
 class ProtocolServer(web.Server):

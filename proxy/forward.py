@@ -19,12 +19,14 @@ from aiohttp import hdrs, web
 
 from proxy.access import AccessInfo, log_access
 from proxy.admin import handle_admin
+from proxy.aiohttp_private import handover_note
 from proxy.bodies import read_body, read_whole_body
 from proxy.budget import wait_for_budget
 from proxy.errors import BadRequest, BodyTooLarge, NoRoute, ProxyError, RateLimited
 from proxy.exchange import exchange
 from proxy.gate import check_client_key, check_target
 from proxy.headers import clean_request_headers
+from proxy.lane import Handover
 from proxy.outbound import Outbound
 from proxy.relay import UpstreamCut
 from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
@@ -48,17 +50,22 @@ async def proxy_request(
     provider = prt.config
     info.route, info.provider = route.prefix, provider.name
     tenant = info.tenant = pick_tenant(request, match, provider)
+    # the express lane (lane.py) may have sent this request already: go on from there
+    handover: Handover | None = handover_note(request)
     try:
         upgrade = is_upgrade(request)
         if upgrade and not route.websocket:
             raise BadRequest(
                 f"protocol upgrades are not allowed on {route.prefix} (websocket: false)"
             )
-        await wait_for_budget(kh, provider)
         cleaned = clean_request_headers(
             request.headers, keep_authorization=provider.passes_client_auth
         )
-        credential = await get_credential(kh, prt, tenant, info)
+        if handover is None:
+            await wait_for_budget(kh, provider)
+            credential = await get_credential(kh, prt, tenant, info)
+        else:
+            credential, info.credential = handover.credential, handover.source
 
         upstream = route.upstream
         path = upstream.base_path + match.path or "/"
@@ -93,11 +100,15 @@ async def proxy_request(
                 traceparent,
             )
 
-        return await exchange(kh, request, info, prt, build, credential, tenant, replayable)
+        sent, handover = handover, None  # exchange() reads the answer and releases it
+        return await exchange(kh, request, info, prt, build, credential, tenant, replayable, sent)
     except ProxyError as exc:
         exc.route = exc.route or route.prefix
         exc.provider = exc.provider or provider.name
         raise
+    finally:
+        if handover is not None:
+            handover.discard()
 
 
 async def get_credential(
@@ -212,7 +223,7 @@ async def handle(kh: Keyhop, request: web.BaseRequest) -> web.StreamResponse:
         return error_response(None, ProxyError("keyhop failed; see its log"))
     finally:
         kh.metrics.in_flight.discard(task)
-        log_access(request, info, status, started, kh)
+        log_access(request.method, request.raw_path, info, status, started, kh)
         if tracing is not None:
             tracing.end_request(span, token, trace_attributes(info), status)
 

@@ -4,6 +4,7 @@ Shared by the proxy path and the admin endpoints that follow the same access rul
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from aiohttp import hdrs, web
 
@@ -25,11 +26,15 @@ def key_matches(keys: tuple[bytes, ...], given: bytes) -> bool:
     return ok
 
 
-def check_client_key(runtime: Runtime, request: web.BaseRequest) -> None:
+def client_key_ok(runtime: Runtime, headers: Mapping[str, str]) -> bool:
     """`clients.keys`, on every listen address, compared in constant time."""
     keys = runtime.client_keys
     if not keys:
-        return
-    given = request.headers.get("X-Keyhop-Key", "").encode("utf-8", "surrogateescape")
-    if not key_matches(keys, given):
+        return True
+    given = headers.get("X-Keyhop-Key", "").encode("utf-8", "surrogateescape")
+    return key_matches(keys, given)
+
+
+def check_client_key(runtime: Runtime, request: web.BaseRequest) -> None:
+    if not client_key_ok(runtime, request.headers):
         raise ClientKeyRequired("this proxy needs a valid X-Keyhop-Key header")

@@ -26,6 +26,7 @@ HOP_BY_HOP: Final = frozenset(
 #: request fields keyhop sets itself: the upstream's own Host, and Expect handled locally
 _REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
 _RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
+_NONE: Final[frozenset[str]] = frozenset()
 KEYHOP_PREFIX: Final = "x-keyhop-"
 #: RFC 9110 5.1: a field name is a token
 FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -74,7 +75,8 @@ def clean_request_headers(
     Runs before keyhop adds its own headers, so a client's `Connection: Authorization`
     removes only the client's header, never what keyhop adds afterwards.
     """
-    named = connection_tokens(headers.getall("Connection", ()))
+    connection = headers.getall("Connection", None)
+    named = connection_tokens(connection) if connection else _NONE
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -95,7 +97,8 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     Content-Length is dropped here only because the response object sets it itself.
     Raises UnrelayableHeader for a value with a control character.
     """
-    named = connection_tokens(headers.getall("Connection", ()))
+    connection = headers.getall("Connection", None)
+    named = connection_tokens(connection) if connection else _NONE
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()

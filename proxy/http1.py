@@ -72,6 +72,9 @@ def check_response_head(head: bytes) -> int:
             raise _bad(f"status {code}, outside 100-599")
         found = _FRAMING.findall(head)
         if found:
+            if len(found) == 1 and (length := found[0][1].strip(b" \t")).isdigit():
+                if found[0][0].lower() == b"content-length" and len(length) <= 18:
+                    return code  # the usual answer: one plain Content-Length
             _check_framing(whole.group(1), found)
         return code
     if b"\r" in head.replace(b"\r\n", b""):

@@ -36,6 +36,9 @@ class Metrics:
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
         #: the tasks handling requests now: the gauge, and what a drain out of time cancels
         self.in_flight: set[asyncio.Task[object]] = set()
+        #: requests on the express lane now (proxy/lane.py: no task to hold), and served by it
+        self.express_in_flight = 0
+        self.express_served = 0
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self))
         #: what /-/metrics renders: this registry, or all workers' (proxy/peers.py)
@@ -120,6 +123,13 @@ class _Collector:
             value=m.internal_errors,
         )
 
+        yield CounterMetricFamily(
+            "keyhop_express_requests",
+            "Requests served whole by the express lane (no task; proxy/lane.py).",
+            value=m.express_served,
+        )
         yield GaugeMetricFamily(
-            "keyhop_in_flight_requests", "Requests being handled.", value=len(m.in_flight)
+            "keyhop_in_flight_requests",
+            "Requests being handled.",
+            value=len(m.in_flight) + m.express_in_flight,
         )

@@ -72,6 +72,19 @@ class Origin:
             self.free_slot()
             raise
 
+    def take_idle(self) -> CheckedResponseHandler | None:
+        """An idle live connection with its slot, when one is free and nobody waits."""
+        if self.busy >= self.limit or self.waiters:
+            return None
+        idle = self.idle
+        while idle:
+            conn, _ = idle.pop()
+            if conn.is_connected() and not conn.should_close:
+                self.busy += 1
+                return conn
+            conn.close()
+        return None
+
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, connect_timeout: float
     ) -> CheckedResponseHandler:

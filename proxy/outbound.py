@@ -137,22 +137,21 @@ class Injector:
             self._rendered[key] = rendered
         return rendered
 
-    def build(
+    def add(
         self,
         method: str,
         upstream: Upstream,
         path: str,
         query: str | None,
-        cleaned: CIMultiDict[str],
+        headers: CIMultiDict[str],
         body: Any,
         credential: Credential | None,
         tenant: str | None,
         now: float,
         traceparent: str | None = None,
-    ) -> Outbound:
-        """The request for one attempt: the client's cleaned headers plus keyhop's (and the
-        trace context, when tracing is on, before the signature covers the headers)."""
-        headers = cleaned.copy()
+    ) -> str | None:
+        """What build() adds, added to `headers` in place (the express lane's own copy);
+        returns the query to send (a signer may add to it)."""
         if traceparent is not None:
             headers["traceparent"] = traceparent
         for name, value in self._credential_headers(credential, tenant):
@@ -181,4 +180,25 @@ class Injector:
             if signature.query:
                 extra = "&".join(f"{name}={value}" for name, value in signature.query)
                 query = f"{query}&{extra}" if query else extra
+        return query
+
+    def build(
+        self,
+        method: str,
+        upstream: Upstream,
+        path: str,
+        query: str | None,
+        cleaned: CIMultiDict[str],
+        body: Any,
+        credential: Credential | None,
+        tenant: str | None,
+        now: float,
+        traceparent: str | None = None,
+    ) -> Outbound:
+        """The request for one attempt: the client's cleaned headers plus keyhop's (and the
+        trace context, when tracing is on, before the signature covers the headers)."""
+        headers = cleaned.copy()
+        query = self.add(
+            method, upstream, path, query, headers, body, credential, tenant, now, traceparent
+        )
         return Outbound(method, upstream, path, query, CIMultiDictProxy(headers), body)

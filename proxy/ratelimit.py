@@ -30,6 +30,10 @@ class Limiter(Protocol):
     async def blocked_until(self, provider: str) -> float: ...
     async def block(self, provider: str, until: float) -> None: ...
 
+    def known_blocked_until(self, provider: str) -> float | None:
+        """blocked_until() when it is known without I/O (the express lane), else None."""
+        ...
+
 
 class LocalLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -49,6 +53,9 @@ class LocalLimiter:
         return wait
 
     async def blocked_until(self, provider: str) -> float:
+        return self._blocked.get(provider, 0.0)
+
+    def known_blocked_until(self, provider: str) -> float | None:
         return self._blocked.get(provider, 0.0)
 
     async def block(self, provider: str, until: float) -> None:

@@ -230,6 +230,12 @@ class RedisLimiter:
             return await self._local.reserve(provider, limit)
         return float(wait)
 
+    def known_blocked_until(self, provider: str) -> float | None:
+        cached = self._blocked.get(provider)
+        if cached is None or self._clock() - cached[1] >= BLOCK_REFRESH:
+            return None  # the shared record must be read first
+        return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
+
     async def blocked_until(self, provider: str) -> float:
         # read at most every BLOCK_REFRESH per provider: a round trip per request would
         # double the cost of the hot path for a state that changes once in a long while

@@ -19,9 +19,14 @@ from proxy.upstream import BadUpstreamAnswer, RequestBodyLost, UnsafeHeader, Ups
 
 
 async def send(
-    kh: Keyhop, deadline: Deadline, prt: ProviderRuntime, outbound: Outbound
+    kh: Keyhop,
+    deadline: Deadline,
+    prt: ProviderRuntime,
+    outbound: Outbound,
+    sent: asyncio.Future[UpstreamResponse] | None = None,
 ) -> UpstreamResponse:
-    """Send and wait for the head of the answer, under the read deadline."""
+    """Send and wait for the head of the answer, under the read deadline. `sent`: the
+    express lane sent the request already; its answer, or its failure, means the same."""
     upstream = outbound.upstream
     host = upstream.host
     loop = kh.deadlines.loop or asyncio.get_running_loop()
@@ -31,6 +36,8 @@ async def send(
         deadline.extend(loop.time())
 
     try:
+        if sent is not None:
+            return await sent
         return await kh.upstreams.request(
             upstream,
             prt.ssl,

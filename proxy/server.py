@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer
+from proxy.aiohttp_private import Express, GuardedRequestHandler, ProtocolServer
 from proxy.app import LINE_LIMIT, create_app
 from proxy.config import ClientTimeouts, Config, load_config
 from proxy.errors import ConfigError, StoreUnavailable
 from proxy.forward import handle
+from proxy.lane import Lane, head_size
 from proxy.logs import AccessWriter, JsonFormatter
 from proxy.runtime import KEYHOP
 
@@ -54,14 +55,6 @@ def _json_answer(status: int, text: str) -> bytes:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
-
-
-def head_size(request: web.BaseRequest) -> int:
-    """The size of a parsed request head as it came on the wire (give or take blanks)."""
-    size = len(request.method) + len(request.raw_path) + 12  # "M T HTTP/1.1\r\n"
-    for name, value in request.raw_headers:
-        size += len(name) + len(value) + 4  # ": " and CRLF
-    return size
 
 
 class _Handler(GuardedRequestHandler):
@@ -102,13 +95,14 @@ def create_server(
     head_timeout: float = HEAD_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     max_head: int = MAX_HEAD_BYTES,
+    express: Express | None = None,
 ) -> web.Server:
     """keyhop's low-level HTTP server: aiohttp's, with keyhop's JSON for refused requests
     and the limits above (a whole head over `max_head` that arrived in one read is refused
     here too, before `handler` sees it)."""
 
     async def guarded(request: web.BaseRequest) -> web.StreamResponse:
-        if head_size(request) > max_head:
+        if head_size(request.method, request.raw_path, request.raw_headers) > max_head:
             text = f"the request head is over {max_head // 1024} KiB"
             log.warning("refused a request head from %s: %s", request.remote, text)
             response = web.json_response({"error": "bad_request", "message": text}, status=431)
@@ -118,7 +112,7 @@ def create_server(
 
     return ProtocolServer(
         guarded,
-        protocol=partial(_Handler, head_timeout=head_timeout, max_head=max_head),
+        protocol=partial(_Handler, head_timeout=head_timeout, max_head=max_head, express=express),
         access_log=None,
         max_field_size=LINE_LIMIT,
         max_line_size=LINE_LIMIT,
@@ -157,7 +151,12 @@ async def serve(
         return await handle(kh, request)
 
     limits = config.timeouts  # read at start: a reload that changes them needs a restart
-    server = create_server(handler, head_timeout=limits.head, keepalive_timeout=limits.keepalive)
+    # the express lane serves the usual request without a task (proxy/lane.py);
+    # KEYHOP_EXPRESS=0 turns it off (bench/ measures both)
+    express = Lane(kh) if os.environ.get("KEYHOP_EXPRESS", "1") != "0" else None
+    server = create_server(
+        handler, head_timeout=limits.head, keepalive_timeout=limits.keepalive, express=express
+    )
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     if worker is not None:

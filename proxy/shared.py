@@ -98,6 +98,12 @@ class SqliteLimiter:
         except sqlite3.Error:
             return await self._local.reserve(provider, limit)
 
+    def known_blocked_until(self, provider: str) -> float | None:
+        cached = self._blocked.get(provider)
+        if cached is None or self._clock() - cached[1] >= BLOCK_REFRESH:
+            return None  # the shared record must be read first
+        return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
+
     async def blocked_until(self, provider: str) -> float:
         now = self._clock()
         cached = self._blocked.get(provider)

@@ -81,6 +81,14 @@ class CredentialManager:
 
     async def get(self, provider: ProviderConfig, tenant: str | None) -> tuple[Credential, str]:
         """A usable credential and where it came from: memory, store or fetched."""
+        credential = self.in_memory(provider, tenant)
+        if credential is not None:
+            return credential, "memory"
+        return await self._obtain(provider, tenant, stale=None)
+
+    def in_memory(self, provider: ProviderConfig, tenant: str | None) -> Credential | None:
+        """get()'s answer when it needs no I/O (the credential is in memory), else None.
+        Starts the same background renewal or store check as get()."""
         key = (provider.name, tenant or "")
         credential = self._cache.get(key)
         if credential is not None:
@@ -90,8 +98,7 @@ class CredentialManager:
             elif now - self._checked.get(key, 0.0) >= RECHECK:
                 self._checked[key] = now
                 self._recheck_in_background(provider, tenant, credential)
-            return credential, "memory"
-        return await self._obtain(provider, tenant, stale=None)
+        return credential
 
     async def invalidate(
         self, provider: ProviderConfig, tenant: str | None, failed: Credential

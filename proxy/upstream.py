@@ -148,6 +148,15 @@ class UpstreamPool:
             self._origins[key] = origin
         return origin
 
+    def idle_connection(
+        self, upstream: Upstream, tls: ssl.SSLContext | bool, proxy: ProxyTarget | None = None
+    ) -> tuple[Origin, CheckedResponseHandler] | None:
+        """A pooled connection ready now, taken (release it through the origin), or None
+        when a request would have to wait or connect (the express lane then declines)."""
+        origin = self._origin(upstream, tls, proxy)
+        conn = origin.take_idle()
+        return None if conn is None else (origin, conn)
+
     async def request(
         self,
         upstream: Upstream,
@@ -175,33 +184,15 @@ class UpstreamPool:
         origin = self._origin(upstream, tls, proxy)
         loop = self._loop or asyncio.get_running_loop()
         chunked = _frame(method, headers, body)
-        # the request line is not checked by _serialize_headers' control-character guard: the
-        # method and target come from aiohttp's request parser and the route's checked config
-        line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
-        # a provider may set Host itself (an upstream reached by address that serves by name)
-        host_line = origin.host_line
-        if hdrs.HOST in headers:
-            host_line = f"Host: {headers.popone(hdrs.HOST)}"
-        try:
-            if all(map(str.isascii, headers.values())):
-                head = line + serialize_headers(host_line, headers)
-            else:  # aiohttp's serializer drops obs-text (RFC 9110 5.5): sent byte for byte
-                head = line + _serialize_obs_text(host_line, headers)
-        except ValueError:
-            raise UnsafeHeader("a header value holds a control character") from None
+        head = request_head(origin, method, target, headers)
         may_resend = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         while True:
             conn, reused = await origin.acquire(loop, connect_timeout)
             writer: asyncio.Task[None] | None = None
             try:
-                conn.set_response_params(
-                    skip_payload=method == hdrs.METH_HEAD,
-                    read_until_eof=True,
-                    auto_decompress=False,
-                )
                 transport = conn.transport
                 assert transport is not None
-                conn.expect_head()
+                conn.expect_answer(skip_payload=method == hdrs.METH_HEAD)
                 if body is None:
                     transport.write(head)
                 elif isinstance(body, bytes):
@@ -235,6 +226,33 @@ class UpstreamPool:
             except BaseException:
                 _abandon(origin, conn, writer)
                 raise
+
+
+def request_head(
+    origin: Origin,
+    method: str,
+    target: str,
+    headers: CIMultiDict[str] | CIMultiDictProxy[str],
+) -> bytes:
+    """The request line and header block as sent (framing headers already set); raises
+    UnsafeHeader, before anything is sent, for a value that could split the request."""
+    # the request line is not checked by _serialize_headers' control-character guard: the
+    # method and target come from aiohttp's request parser and the route's checked config
+    line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+    # a provider may set Host itself (an upstream reached by address that serves by name)
+    host_line = origin.host_line
+    host = headers.get(hdrs.HOST)
+    if host is not None:
+        host_line = f"Host: {host}"
+        headers = CIMultiDict(headers)
+        del headers[hdrs.HOST]
+    try:
+        if all(map(str.isascii, headers.values())):
+            return line + serialize_headers(host_line, headers)  # type: ignore[arg-type]
+        # aiohttp's serializer drops obs-text (RFC 9110 5.5): sent byte for byte
+        return line + _serialize_obs_text(host_line, headers)
+    except ValueError:
+        raise UnsafeHeader("a header value holds a control character") from None
 
 
 def _abandon(
@@ -295,7 +313,7 @@ async def _write_body(
         conn.set_exception(lost)
 
 
-def _serialize_obs_text(first: str, headers: CIMultiDict[str]) -> bytes:
+def _serialize_obs_text(first: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
     """The head with non-ASCII field values as the bytes the client sent (aiohttp decodes
     them with surrogateescape); ValueError for a control character, as aiohttp's own."""
     lines = [first]

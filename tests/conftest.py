@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from yarl import URL
 
 from proxy.app import create_app
 from proxy.config import Config, parse_config
+from proxy.forward import handle
+from proxy.lane import Lane
+from proxy.runtime import KEYHOP
+from proxy.server import create_server
 from proxy.store import MemoryStore, Store
 from tests.redis_server import RedisServer
 from tests.support import KeyhopProcess
@@ -79,6 +84,41 @@ def make_config(data: dict[str, Any], source: str = "test.yaml") -> Config:
 
 MakeProxy = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
+#: how the `proxy` fixture serves keyhop: "serve" as `keyhop serve` does (its own low-level
+#: server, the express lane on), "serve-no-express" (the lane off), or "app" (an aiohttp
+#: Application, as an embedding program would)
+SERVED_AS: Final = os.environ.get("KEYHOP_TEST_SERVED_AS", "serve")
+
+
+class ServeTestServer(BaseTestServer):
+    """keyhop's app on a real socket, served by `keyhop serve`'s own server (server.py's
+    create_server, with the express lane unless `express=False`); the app's startup and
+    cleanup run around it, as in serve()."""
+
+    def __init__(self, app: web.Application, *, express: bool = True, **kw: Any) -> None:
+        self.app = app
+        self._express = express
+        super().__init__(**kw)
+
+    async def _make_runner(self, **kwargs: Any) -> web.ServerRunner:
+        kh = self.app[KEYHOP]
+        kh.answers_expect = True
+        self.app.freeze()
+        await self.app.startup()
+
+        async def handler(request: web.BaseRequest) -> web.StreamResponse:
+            return await handle(kh, request)
+
+        server = create_server(handler, express=Lane(kh) if self._express else None)
+        return web.ServerRunner(server)
+
+    async def close(self) -> None:
+        started = self.started and not self.closed
+        await super().close()
+        if started:
+            await self.app.shutdown()
+            await self.app.cleanup()
+
 
 @pytest.fixture
 async def proxy(
@@ -91,7 +131,11 @@ async def proxy(
     ) -> TestClient[web.Request, web.Application]:
         config = data if isinstance(data, Config) else make_config(data)
         app = create_app(config, store=store or MemoryStore(), **kw)
-        return await aiohttp_client(app, server_kwargs={"skip_url_asserts": True})
+        if SERVED_AS == "app":
+            return await aiohttp_client(app, server_kwargs={"skip_url_asserts": True})
+        return await aiohttp_client(
+            ServeTestServer(app, express=SERVED_AS == "serve", skip_url_asserts=True)
+        )
 
     return make
 

@@ -138,3 +138,129 @@ async def test_hook_prepare_headers_lets_a_relayed_answer_drop_aiohttps_own_head
         assert "Content-Type" not in r.headers and "Server" not in r.headers
     async with client.get("/typed") as r:
         assert r.headers["Content-Type"] == "text/x" and "Server" not in r.headers
+
+
+# -- the express lane's hooks (proxy/lane.py) --------------------------------------------------
+
+
+async def test_hook_request_handler_has_the_state_the_express_lane_keeps() -> None:
+    """The lane takes requests off `_messages` while start() is parked on `_waiter`, and keeps
+    start()'s bookkeeping: these attributes and methods must still be there."""
+    from aiohttp.streams import StreamReader
+    from aiohttp.web_protocol import RequestHandler
+
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    for name in (
+        "_parser",
+        "_manager",
+        "_request_in_progress",
+        "_handler_waiter",
+        "_keepalive_handle",
+        "_next_keepalive_close_time",
+        "_keepalive_timeout",
+    ):
+        assert name in slots, name
+    assert "_process_keepalive" in vars(RequestHandler)
+    assert "messages.popleft()" in inspect.getsource(RequestHandler.start).replace("self._", "")
+    assert "self._buffer" in inspect.getsource(StreamReader.__init__)
+    assert "_parser" in BaseProtocol.__slots__  # (ResponseHandler's parser lives there)
+    assert "_skip_payload" in vars(ResponseHandler(asyncio.get_running_loop()))
+
+
+async def test_hook_expect_answer_keeps_a_kept_alive_connections_parser() -> None:
+    conn = CheckedResponseHandler(asyncio.get_running_loop())
+    conn.expect_answer(skip_payload=False)
+    parser = conn._parser
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    message, payload = await conn.read()
+    assert (message.code, await payload.read()) == (200, b"ok")
+    conn.expect_answer(skip_payload=False)
+    assert conn._parser is parser  # the same parser reads the next answer
+    conn.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabc")
+    message, payload = await conn.read()
+    assert (message.code, await payload.read()) == (201, b"abc")
+    conn.expect_answer(skip_payload=True)  # a HEAD: a parser that expects no body
+    assert conn._parser is not parser
+
+
+async def test_hook_whole_body_and_listener_take_an_answer_without_read() -> None:
+    from aiohttp.client_exceptions import ServerDisconnectedError
+
+    taken: list[Any] = []
+
+    class Listener:
+        def answer(self, message: Any, payload: Any) -> None:
+            taken.append((message.code, conn.whole_body(payload), payload.is_eof()))
+
+        def failed(self, exc: BaseException) -> None:
+            taken.append(exc)
+
+    conn = CheckedResponseHandler(asyncio.get_running_loop())
+    conn.expect_answer(skip_payload=False)
+    conn.listener = Listener()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+    conn.data_received(b"lo")
+    assert taken == [(200, b"hel", False)]  # the head came with part of the body
+    conn.connection_lost(None)  # with the listener still set: a failure, not a queued error
+    assert isinstance(taken[-1], ServerDisconnectedError)
+    assert conn.listener is None and conn.should_close
+
+
+async def test_hook_express_take_finish_and_give_back_around_a_parked_start() -> None:
+    """A real connection: the lane answers the first request itself, gives the second back
+    (the handler finds its note) and declines the third; answers come in order."""
+    from functools import partial
+
+    from proxy.aiohttp_private import GuardedRequestHandler, ProtocolServer, handover_note
+
+    class Express:
+        def __call__(self, protocol: GuardedRequestHandler, message: Any) -> bool:
+            if message.path == "/lane":
+                assert protocol.transport is not None
+                protocol.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlane")
+                asyncio.get_running_loop().call_soon(protocol.express_done, True)
+                return True
+            if message.path == "/back":
+                loop = asyncio.get_running_loop()
+                loop.call_soon(protocol.express_give_back, message, "the note")
+                return True
+            return False
+
+        def client_lost(self, protocol: GuardedRequestHandler) -> None:
+            pass
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text=f"{request.path} {handover_note(request)}")
+
+    server = ProtocolServer(
+        handler,
+        protocol=partial(GuardedRequestHandler, head_timeout=5, max_head=4096, express=Express()),
+    )
+    loop = asyncio.get_running_loop()
+    listening = await loop.create_server(server, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /lane HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /back HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        bodies = []
+        for _ in range(3):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            bodies.append(await reader.readexactly(length))
+        assert bodies == [b"lane", b"/back the note", b"/slow None"]
+        writer.close()
+    finally:
+        listening.close()
+        await server.shutdown(1)
+
+
+def test_hook_rfc822_formatted_time_is_aiohttps_date_header() -> None:
+    from email.utils import parsedate_to_datetime
+
+    from proxy.aiohttp_private import rfc822_formatted_time
+
+    assert parsedate_to_datetime(rfc822_formatted_time()).tzname() == "UTC"
