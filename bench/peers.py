@@ -155,6 +155,9 @@ def peer_layout(
             store = f"sqlite://{workdir / f'{layout.name}-w{w}.db'}"
             route = Route("paynet", sign=SIGNS[args.sign])
             rig.add_keyhop(f"keyhop-w{w}", KeyhopSpec((route,), w, store), "paynet", "signed")
+            if w == 1:  # the same, every request through the pipeline (no express lane)
+                spec = KeyhopSpec((route,), 1, f"sqlite://{workdir / f'{layout.name}-w1p.db'}")
+                rig.add_keyhop("keyhop-w1-pipeline", spec, "paynet", "signed", express=False)
         for target in list(rig.targets):
             why = sanity(target)
             if why is not None:

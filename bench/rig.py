@@ -120,14 +120,20 @@ class Rig:
             return
         self.targets.append(Target(name, service, "", "signed"))
 
-    def add_keyhop(self, name: str, spec: KeyhopSpec, route: str, check: str) -> None:
+    def add_keyhop(
+        self, name: str, spec: KeyhopSpec, route: str, check: str, *, express: bool = True
+    ) -> None:
+        """`express=False`: KEYHOP_EXPRESS=0, every request through forward.py's pipeline."""
         config = self.workdir / f"{self.layout.name}-{name}.yaml"
         config.write_text(keyhop_config(spec, self.upstream.base_url))
         why = keyhop_check(config)
         if why is not None:
             self.skipped[name] = why
             return
-        self.add(name, keyhop_argv(config), f"/{route}", check, http="/-/health")
+        argv = keyhop_argv(config)
+        if not express:
+            argv = ["env", "KEYHOP_EXPRESS=0", *argv]  # env execs: the PID stays keyhop's
+        self.add(name, argv, f"/{route}", check, http="/-/health")
 
     def stop_all(self) -> dict[str, int | None]:
         return {s.name: s.stop() for s in reversed(self.services)}
