@@ -1,4 +1,4 @@
-"""One test per hook in proxy/aiohttp_private.py, named after it: each fails when an
+"""One test per hook in proxy/aiohttp_private/, named after it: each fails when an
 aiohttp upgrade moves or changes the private API the hook relies on."""
 
 from __future__ import annotations

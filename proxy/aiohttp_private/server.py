@@ -1,0 +1,238 @@
+"""aiohttp's server protocol with keyhop's head limits and the express lane's hooks
+(see proxy/aiohttp_private/__init__.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's server protocol with a time and a size limit on each request head.
+
+    The head timer starts at the first byte of a head and stops when the parser has the
+    whole head; a head still arriving after `head_timeout` seconds (dribbled, or never
+    finished) or past `max_head` bytes is answered with `refusal(status, text)` and the
+    connection closed. Bodies are not counted: bytes count from the end of the last parsed
+    request's body. A head pipelined behind a request still being handled is counted too,
+    but has no clock (a long answer is not its fault); past `max_head` nothing more is
+    parsed and the connection closes after the answer in progress."""
+
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        head_timeout: float,
+        max_head: int,
+        express: Express | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(manager, **kw)
+        self.head_timeout = head_timeout
+        self.max_head = max_head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        #: the body of the last request parsed: bytes after its end are the next head
+        self._last_body: StreamReader | None = None
+        self.express = express
+        self._express_busy = False  # the express lane is serving a request of this connection
+        #: a request the lane gave back to start(), and the lane's note for the handler
+        self._handover: tuple[object, Any] | None = None
+
+    def refusal(self, status: int, text: str) -> bytes:
+        """The whole answer (head and body) sent before the connection is closed."""
+        raise NotImplementedError
+
+    def _waiting_for_head(self) -> bool:
+        if self._express_busy:
+            return False
+        if self._request_count == 0:
+            return True  # nothing parsed yet (start() may not have run to its wait)
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    # -- the express lane (proxy/lane.py) ------------------------------------------------------
+    #
+    # start() serves one request at a time, in order, and parks on `_waiter` between them.
+    # While it is parked, requests are parsed without waking it; the lane takes the first
+    # queued one when it can serve it without a task, and start() is woken for the first one
+    # it cannot. Only one request of a connection is ever in progress, lane or start().
+
+    def _parse(self, data: bytes) -> None:
+        waiter = self._waiter
+        if self.express is None or waiter is None or waiter.done():
+            super().data_received(data)
+            return
+        self._waiter = None  # parse without waking start(): the lane may take the request
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._messages and not self._express_busy:
+            waiter = self._waiter
+            if waiter is None or waiter.done() or self._force_close or self._close:
+                return  # start() is busy, or woken, or the connection is closing
+            message, payload = self._messages[0]
+            express = self.express
+            if (
+                express is not None
+                and payload is EMPTY_PAYLOAD
+                and not isinstance(message, _ErrInfo)
+                and not self.writing_paused
+                and self.transport is not None
+                and express(self, message)
+            ):
+                self._messages.popleft()
+                if self._parser is not None:
+                    self._parser.message_consumed()
+                if self._manager is not None:
+                    self._manager.requests_count += 1
+                self._express_busy = self._request_in_progress = True
+                return
+            waiter.set_result(None)
+            return
+
+    def express_done(self, keep_alive: bool) -> None:
+        """The lane wrote its answer (or the client went away): as start() does after a
+        request, keep the connection open with its idle timer, or close it."""
+        self._express_busy = self._request_in_progress = False
+        handler_waiter = self._handler_waiter
+        if handler_waiter is not None and not handler_waiter.done():
+            handler_waiter.set_result(None)  # shutdown() is waiting for this request
+        if not keep_alive or self._close or self._force_close:
+            self.force_close()
+            return
+        if self._keepalive_timeout > 0:
+            loop = self._loop
+            close_time = loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        if self._messages:
+            self._dispatch()
+
+    def express_give_back(self, message: RawRequestMessage, note: Any) -> None:
+        """The lane cannot finish this request: start() serves it, and the handler finds
+        `note` with handover_note()."""
+        self._express_busy = self._request_in_progress = False
+        self._handover = (message.raw_headers, note)
+        self._messages.appendleft((message, EMPTY_PAYLOAD))
+        handler_waiter = self._handler_waiter
+        if handler_waiter is not None and not handler_waiter.done():
+            handler_waiter.set_result(None)  # shutdown() now waits for start()'s task
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _process_keepalive(self) -> None:
+        if self._express_busy:
+            self._keepalive_handle = None  # express_done() starts the idle timer again
+            return
+        super()._process_keepalive()
+
+    def data_received(self, data: bytes) -> None:
+        if not data or self._force_close or self._upgraded:
+            super().data_received(data)  # (after an upgrade the bytes are a websocket's)
+            return
+        if self._close:
+            return  # closing after the current answer: aiohttp parses nothing more either
+        body = self._last_body
+        if body is not None and not body.is_eof():
+            self._parse(data)  # the body of the last request parsed (and maybe more)
+            return
+        idle = self._waiting_for_head()
+        self._head_bytes += len(data)
+        before = self._request_count
+        self._parse(data)
+        if self._request_count != before:  # the parser has the head (or refused it)
+            if self._messages:
+                self._last_body = self._messages[-1][1]
+            self._head_done()
+        elif self._head_bytes > self.max_head:
+            if idle:
+                self._refuse(431, f"the request head is over {self.max_head // 1024} KiB")
+            else:
+                # pipelined behind an answer in progress: an answer of ours would land
+                # inside that one, so the connection closes once it is done
+                self._head_done()
+                self.close()
+        elif idle and self._head_timer is None:
+            # a head still coming (started now: a whole head in one read, the usual case,
+            # needs no timer at all)
+            self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _head_done(self) -> None:
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_bytes and not self._force_close:
+            self._refuse(408, f"the request head did not arrive within {self.head_timeout:g} s")
+
+    def _refuse(self, status: int, text: str) -> None:
+        self._head_done()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(self.refusal(status, text))
+        self.force_close()  # stops parsing; the transport closes once the answer is out
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+        if self._express_busy and self.express is not None:
+            self.express.client_lost(self)
+
+
+def handover_note(request: web.BaseRequest) -> Any:
+    """The express lane's note on a request it gave back (None for any other request)."""
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedRequestHandler):
+        return None
+    pending = protocol._handover
+    if pending is None or pending[0] is not request.raw_headers:
+        return None
+    protocol._handover = None
+    return pending[1]
+
+
+class Express(Protocol):
+    """The express lane, as GuardedRequestHandler calls it (proxy/lane.py)."""
+
+    def __call__(self, protocol: GuardedRequestHandler, message: RawRequestMessage) -> bool:
+        """Take `message` (True: it will call express_done or express_give_back later)."""
+        ...
+
+    def client_lost(self, protocol: GuardedRequestHandler) -> None:
+        """The client's connection closed while the lane was serving one of its requests."""
+        ...
+
+
+class ProtocolServer(web.Server):
+    """aiohttp's low-level server, with each connection served by `protocol(server, loop=...,
+    **the server's keyword arguments)` (keepalive_timeout, line limits, ...) instead of a
+    plain RequestHandler."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        protocol: Callable[..., RequestHandler],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._protocol = protocol
+
+    def __call__(self) -> RequestHandler:
+        return self._protocol(self, loop=self._loop, **self._kwargs)
