@@ -231,9 +231,14 @@ class RedisLimiter:
         return float(wait)
 
     def known_blocked_until(self, provider: str) -> float | None:
+        """The last read, refreshed in the background once older than BLOCK_REFRESH (the
+        express lane must not stall every request on a round trip; another replica's block
+        shows within BLOCK_REFRESH and one round trip); None before the first read."""
         cached = self._blocked.get(provider)
-        if cached is None or self._clock() - cached[1] >= BLOCK_REFRESH:
-            return None  # the shared record must be read first
+        if cached is None:
+            return None
+        if self._clock() - cached[1] >= BLOCK_REFRESH:
+            self._refresh(provider)
         return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
 
     async def blocked_until(self, provider: str) -> float:
@@ -242,22 +247,27 @@ class RedisLimiter:
         now = self._clock()
         cached = self._blocked.get(provider)
         if cached is None or now - cached[1] >= BLOCK_REFRESH:
-            reading = self._reading.get(provider)
-            if reading is None:
-
-                async def read() -> tuple[float, float]:
-                    raw = await self._store._call(
-                        lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
-                    )
-                    result = (float(raw) if raw else 0.0, now)
-                    self._blocked[provider] = result
-                    return result
-
-                reading = asyncio.ensure_future(read())
-                self._reading[provider] = reading
-                reading.add_done_callback(lambda _: self._reading.pop(provider, None))
-            cached = await asyncio.shield(reading)
+            cached = await asyncio.shield(self._refresh(provider))
         return max(cached[0], await self._local.blocked_until(provider))
+
+    def _refresh(self, provider: str) -> asyncio.Future[tuple[float, float]]:
+        """One round trip per provider at a time, however many requests ask."""
+        reading = self._reading.get(provider)
+        if reading is None:
+            now = self._clock()
+
+            async def read() -> tuple[float, float]:
+                raw = await self._store._call(
+                    lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
+                )
+                result = (float(raw) if raw else 0.0, now)
+                self._blocked[provider] = result
+                return result
+
+            reading = asyncio.ensure_future(read())
+            self._reading[provider] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(provider, None))
+        return reading
 
     async def block(self, provider: str, until: float) -> None:
         await self._local.block(provider, until)

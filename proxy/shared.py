@@ -99,9 +99,14 @@ class SqliteLimiter:
             return await self._local.reserve(provider, limit)
 
     def known_blocked_until(self, provider: str) -> float | None:
+        """The last read, refreshed in the background once older than BLOCK_REFRESH (the
+        express lane must not stall every request on a read; another worker's block shows
+        within BLOCK_REFRESH and one read); None before the first read."""
         cached = self._blocked.get(provider)
-        if cached is None or self._clock() - cached[1] >= BLOCK_REFRESH:
-            return None  # the shared record must be read first
+        if cached is None:
+            return None
+        if self._clock() - cached[1] >= BLOCK_REFRESH:
+            self._refresh(provider)
         return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
 
     async def blocked_until(self, provider: str) -> float:
@@ -109,13 +114,17 @@ class SqliteLimiter:
         cached = self._blocked.get(provider)
         if cached is not None and now - cached[1] < BLOCK_REFRESH:
             return max(cached[0], await self._local.blocked_until(provider))
+        until = await asyncio.shield(self._refresh(provider))
+        return max(until, await self._local.blocked_until(provider))
+
+    def _refresh(self, provider: str) -> asyncio.Future[float]:
+        """One read per provider at a time, however many requests ask."""
         reading = self._reading.get(provider)
-        if reading is None:  # one read per provider at a time, however many requests ask
+        if reading is None:
             reading = asyncio.ensure_future(self._read_blocked(provider))
             self._reading[provider] = reading
             reading.add_done_callback(lambda _: self._reading.pop(provider, None))
-        until = await asyncio.shield(reading)
-        return max(until, await self._local.blocked_until(provider))
+        return reading
 
     async def _read_blocked(self, provider: str) -> float:
         try:

@@ -106,3 +106,31 @@ async def test_redis_going_away_degrades_to_memory_logs_once_and_recovers(
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
         await store.close()
+
+
+async def test_known_blocked_until_never_waits_and_refreshes_a_stale_read_behind(
+    redis_server: RedisServer,
+) -> None:
+    """The express lane asks on every request: the last read at once (None before the
+    first); a read older than BLOCK_REFRESH is renewed with one round trip behind it."""
+    from proxy.redis_store import BLOCK_REFRESH
+    from tests.support import Clock
+
+    clock = Clock(1_000.0)
+    stores = [RedisStore(redis_server.url), RedisStore(redis_server.url)]
+    mine, other = RedisLimiter(stores[0], clock), RedisLimiter(stores[1], clock)
+    try:
+        assert mine.known_blocked_until("kibo") is None
+        assert await mine.blocked_until("kibo") == 0.0
+        await other.block("kibo", 5_000.0)
+        assert mine.known_blocked_until("kibo") == 0.0  # fresh: no round trip
+        clock.advance(BLOCK_REFRESH)
+        assert mine.known_blocked_until("kibo") == 0.0  # stale: answered, then renewed
+        for _ in range(500):
+            if mine.known_blocked_until("kibo") == 5_000.0:
+                break
+            await asyncio.sleep(0.01)
+        assert mine.known_blocked_until("kibo") == 5_000.0
+    finally:
+        for s in stores:
+            await s.close()
