@@ -31,6 +31,7 @@ Rules, each with a test in tests/test_lane.py:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -61,6 +62,8 @@ from proxy.routing import Route
 from proxy.runtime import Keyhop, ProviderRuntime
 from proxy.tokens import Credential
 from proxy.upstream import UnsafeHeader, UpstreamResponse, request_head
+
+log = logging.getLogger("keyhop")
 
 #: bodyless methods that upstream.py may send again on a fresh connection
 METHODS: Final = frozenset({"GET", "DELETE", "OPTIONS"})
@@ -104,11 +107,20 @@ class Lane:
         deadlines watchdog does for the pipeline's): no timer per request."""
         loop = self.kh.deadlines.loop or asyncio.get_running_loop()
         now = loop.time()
-        for trip in [trip for trip in self._trips.values() if trip.due <= now]:
-            trip.timed_out()
-        self._sweeping = loop.call_later(TICK, self._sweep) if self._trips else None
+        try:
+            for trip in [trip for trip in self._trips.values() if trip.due <= now]:
+                trip.timed_out()
+        finally:
+            self._sweeping = loop.call_later(TICK, self._sweep) if self._trips else None
 
     def __call__(self, protocol: GuardedRequestHandler, message: RawRequestMessage) -> bool:
+        try:
+            return self._take(protocol, message)
+        except Exception:  # a bug: the pipeline serves the request (and meets it, if shared)
+            log.exception("the express lane failed to take a request")
+            return False
+
+    def _take(self, protocol: GuardedRequestHandler, message: RawRequestMessage) -> bool:
         kh = self.kh
         method = message.method
         if (
@@ -214,6 +226,7 @@ class _Trip:
         "due",
         "began",
         "sent",
+        "written",
     )
 
     def __init__(
@@ -240,10 +253,35 @@ class _Trip:
         self.route = route.prefix
         self.due = due  # loop time: the read timeout (Lane._sweep)
         self.began = self.sent = time.perf_counter()
+        self.written = False  # the connection is released and the answer on its way
 
     # -- the upstream's side (CheckedResponseHandler's listener) ---------------------------------
 
     def answer(self, message: RawResponseMessage, payload: StreamReader) -> None:
+        try:
+            self._answer(message, payload)
+        except Exception as exc:
+            self._broke(exc)
+
+    def _broke(self, exc: Exception) -> None:
+        """A bug in the lane (called from the upstream's data_received, where an exception
+        would silently close that connection and leave the client waiting)."""
+        lane = self.lane
+        if lane._trips.get(self.protocol) is not self:
+            log.error("the express lane failed after a request ended", exc_info=exc)
+            return
+        if not self.written:  # the pipeline answers: 500 internal_error, logged and counted
+            self.conn.listener = None
+            self._abandon()
+            self._give_back(exc)
+            return
+        log.error("the express lane failed after answering", exc_info=exc)
+        lane.kh.metrics.internal_error()
+        lane._trips.pop(self.protocol, None)
+        lane.kh.metrics.express_in_flight -= 1
+        self.protocol.express_done(False)
+
+    def _answer(self, message: RawResponseMessage, payload: StreamReader) -> None:
         code = message.code
         if 100 <= code <= 199 and code != 101:
             return  # an interim answer: not relayed, the final one follows
@@ -274,6 +312,7 @@ class _Trip:
             return
         # all of it is here: the connection goes back before the client reads
         self.origin.release(self.conn, True)
+        self.written = True  # (from here on, nothing may be given back)
         elapsed = time.perf_counter() - self.sent
         kh = self.lane.kh
         provider = self.prt.config.name
