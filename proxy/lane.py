@@ -25,7 +25,8 @@ Rules, each with a test in tests/test_lane.py:
   does).
 - The read timeout is the provider's `timeouts.read`, checked every TICK as the deadlines
   watchdog does for the pipeline.
-- A client that goes away mid-request is logged as 499 and its upstream connection closed.
+- A client that goes away mid-request is logged as 499 `aborted` once the upstream has
+  answered (whose connection is pooled if the answer ended cleanly), as by the pipeline.
 """
 
 from __future__ import annotations
@@ -227,6 +228,7 @@ class _Trip:
         "began",
         "sent",
         "written",
+        "gone",
     )
 
     def __init__(
@@ -254,6 +256,7 @@ class _Trip:
         self.due = due  # loop time: the read timeout (Lane._sweep)
         self.began = self.sent = time.perf_counter()
         self.written = False  # the connection is released and the answer on its way
+        self.gone = False  # the client's connection closed
 
     # -- the upstream's side (CheckedResponseHandler's listener) ---------------------------------
 
@@ -317,13 +320,14 @@ class _Trip:
         kh = self.lane.kh
         provider = self.prt.config.name
         kh.metrics.upstream(provider, elapsed)
-        protocol = self.protocol
-        transport = protocol.transport
-        if transport is not None:
-            if len(body) < 16384:
-                transport.write(head + body)  # one segment; a copy is cheap here
-            else:
-                transport.writelines((head, body))
+        transport = self.protocol.transport
+        if self.gone or transport is None:
+            self._finish(499, round(elapsed * 1000, 3), aborted=True)
+            return
+        if len(body) < 16384:
+            transport.write(head + body)  # one segment; a copy is cheap here
+        else:
+            transport.writelines((head, body))
         kh.metrics.express_served += 1
         self._finish(code, round(elapsed * 1000, 3))
 
@@ -351,9 +355,10 @@ class _Trip:
     # -- the client's side ---------------------------------------------------------------------
 
     def client_lost(self) -> None:
-        self.conn.listener = None
-        self._abandon()
-        self._finish(499, None, aborted=True)
+        """As the pipeline (keyhop serve keeps a handler whose client left): the upstream's
+        answer is still awaited, its connection pooled when it ends cleanly, and the request
+        logged 499 `aborted` with its upstream time."""
+        self.gone = True
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -387,7 +392,15 @@ class _Trip:
         )
 
     def _give_back(self, answer: UpstreamResponse | BaseException | None) -> None:
-        """forward.py serves the request from here (None: from the start, nothing sent)."""
+        """forward.py serves the request from here (None: from the start, nothing sent);
+        unless its client left: then it ends here, as the pipeline would end it."""
+        if self.gone:
+            upstream_ms = None
+            if isinstance(answer, UpstreamResponse):
+                answer.release()  # pooled when its body had all come, closed otherwise
+                upstream_ms = round((time.perf_counter() - self.sent) * 1000, 3)
+            self._finish(499, upstream_ms, aborted=True)
+            return
         lane = self.lane
         lane._trips.pop(self.protocol, None)
         lane.kh.metrics.express_in_flight -= 1

@@ -19,7 +19,9 @@ Hooks:
   while it arrives; aiohttp limits each line, not the head. The express lane (proxy/lane.py)
   takes parsed requests off `_messages` while `start()` is parked on `_waiter`, and keeps
   aiohttp's own bookkeeping as `start()` would: `_parser.message_consumed()`,
-  `_manager.requests_count`, `_request_in_progress` and `_handler_waiter` (which `shutdown()`
+  `_manager.requests_count`, `_buffer_paused`, `_msg_queue_resume_size` and
+  `_resume_reading_if_drained()` (a pipeline past aiohttp's queue limit pauses reading),
+  `_request_in_progress` and `_handler_waiter` (which `shutdown()`
   waits on), `_keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`.
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
   kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.

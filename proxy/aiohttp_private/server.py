@@ -97,6 +97,14 @@ class GuardedRequestHandler(RequestHandler):
                 if self._manager is not None:
                     self._manager.requests_count += 1
                 self._express_busy = self._request_in_progress = True
+                if self._buffer_paused and len(self._messages) <= self._msg_queue_resume_size:
+                    # as start() does: a long pipeline paused reading at aiohttp's queue limit;
+                    # parse what is buffered and read on (without waking start())
+                    self._waiter = None
+                    try:
+                        self._resume_reading_if_drained()
+                    finally:
+                        self._waiter = waiter
                 return
             waiter.set_result(None)
             return
