@@ -27,6 +27,8 @@ Rules, each with a test in tests/test_lane.py:
   watchdog does for the pipeline.
 - A client that goes away mid-request is logged as 499 `aborted` once the upstream has
   answered (whose connection is pooled if the answer ended cleanly), as by the pipeline.
+- A connection whose answer is still unread past `timeouts.client_write` (beyond what the
+  kernel buffers) is cut; while its writing is paused, its next requests take the pipeline.
 """
 
 from __future__ import annotations
@@ -210,6 +212,20 @@ class Lane:
         if trip is not None:
             trip.client_lost()
 
+    def watch_unread(self, protocol: GuardedRequestHandler) -> None:
+        """An answer went out past the transport's high-water mark: a client that still has
+        not read it after `timeouts.client_write` has its connection cut, as the pipeline
+        cuts it (the lane does not wait for the client; the kernel's buffers took the rest)."""
+        loop = self.kh.deadlines.loop or asyncio.get_running_loop()
+
+        def check() -> None:
+            transport = protocol.transport
+            if transport is not None and protocol.writing_paused:
+                log.info("cut a client connection that left its answer unread")
+                transport.abort()
+
+        loop.call_later(self.kh.runtime.config.timeouts.client_write, check)
+
 
 class _Trip:
     """One request on the lane, from its head to its answer."""
@@ -328,6 +344,8 @@ class _Trip:
             transport.write(head + body)  # one segment; a copy is cheap here
         else:
             transport.writelines((head, body))
+        if self.protocol.writing_paused:
+            self.lane.watch_unread(self.protocol)
         kh.metrics.express_served += 1
         self._finish(code, round(elapsed * 1000, 3))
 
