@@ -49,7 +49,7 @@ async def proxy_request(
     prt = rt.providers[route.provider]
     provider = prt.config
     info.route, info.provider = route.prefix, provider.name
-    tenant = info.tenant = pick_tenant(request, match, provider)
+    tenant = info.tenant = pick_tenant(request.headers, match, provider)
     # the express lane (lane.py) may have sent this request already: go on from there
     handover: Handover | None = handover_note(request)
     try:

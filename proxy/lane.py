@@ -12,7 +12,7 @@ Content-Length, Date) and the access line.
 
 Rules, each with a test in tests/test_lane.py:
 - The lane takes a request only when nothing can make it wait: no body, no Expect or
-  Upgrade, HTTP/1.1 keep-alive, no tracing, no tenants and no rate_limit on the provider,
+  Upgrade, HTTP/1.1 keep-alive, no tracing, no rate_limit on the provider, the tenant named,
   no body-covering signer, "throttled until" known and past, the credential in memory and
   an idle upstream connection free. Anything else goes to forward.py unchanged, in order:
   one request of a connection is in progress at a time, lane or not.
@@ -63,6 +63,7 @@ from proxy.origin import Origin
 from proxy.relay import SMALL_BODY
 from proxy.routing import Route
 from proxy.runtime import Keyhop, ProviderRuntime
+from proxy.tenants import pick_tenant
 from proxy.tokens import Credential
 from proxy.upstream import UnsafeHeader, UpstreamResponse, request_head
 
@@ -153,8 +154,12 @@ class Lane:
         route = match.route
         prt = rt.providers[route.provider]
         provider = prt.config
-        if provider.tenants or provider.rate_limit is not None:
+        if provider.rate_limit is not None:
             return False
+        try:
+            tenant = pick_tenant(headers, match, provider)
+        except ProxyError:
+            return False  # the pipeline answers it
         signer = provider.sign
         if signer is not None and signer.needs_body:
             return False
@@ -165,7 +170,7 @@ class Lane:
         credential: Credential | None = None
         source = provider.kind
         if prt.needs_credential:
-            credential = kh.manager.in_memory(provider, None)
+            credential = kh.manager.in_memory(provider, tenant)
             if credential is None:
                 return False
             source = "memory"
@@ -174,7 +179,7 @@ class Lane:
         path = upstream.base_path + match.path or "/"
         try:  # what Injector.build adds, added to this request's own copy
             query = prt.inject.add(
-                method, upstream, path, match.query, sending, None, credential, None, now
+                method, upstream, path, match.query, sending, None, credential, tenant, now
             )
         except ProxyError:
             return False
@@ -197,7 +202,9 @@ class Lane:
         assert transport is not None
         loop = kh.deadlines.loop or asyncio.get_running_loop()
         due = loop.time() + provider.timeouts.read
-        trip = _Trip(self, protocol, message, prt, origin, conn, credential, source, route, due)
+        trip = _Trip(
+            self, protocol, message, prt, origin, conn, credential, source, route, tenant, due
+        )
         self._trips[protocol] = trip
         kh.metrics.express_in_flight += 1
         if self._sweeping is None:
@@ -240,6 +247,7 @@ class _Trip:
         "credential",
         "source",
         "route",
+        "tenant",
         "due",
         "began",
         "sent",
@@ -258,6 +266,7 @@ class _Trip:
         credential: Credential | None,
         source: str,
         route: Route,
+        tenant: str | None,
         due: float,
     ) -> None:
         self.lane = lane
@@ -269,6 +278,7 @@ class _Trip:
         self.credential = credential
         self.source = source
         self.route = route.prefix
+        self.tenant = tenant
         self.due = due  # loop time: the read timeout (Lane._sweep)
         self.began = self.sent = time.perf_counter()
         self.written = False  # the connection is released and the answer on its way
@@ -394,6 +404,7 @@ class _Trip:
             None,
             route=self.route,
             provider=config.name,
+            tenant=self.tenant,
             upstream_ms=upstream_ms,
             credential=self.source,
             aborted=aborted,

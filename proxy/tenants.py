@@ -3,7 +3,7 @@ segment after the prefix on a `tenant: path` route."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Mapping
 
 from proxy.errors import BadRequest, TenantRequired
 from proxy.providers import TENANT_RE, TENANT_RULE, ProviderConfig
@@ -11,14 +11,14 @@ from proxy.routing import RouteMatch
 
 
 def pick_tenant(
-    request: web.BaseRequest, match: RouteMatch, provider: ProviderConfig
+    headers: Mapping[str, str], match: RouteMatch, provider: ProviderConfig
 ) -> str | None:
     if not provider.tenants:
         return None
     if match.route.tenant == "path":
         tenant = match.tenant
     else:
-        tenant = request.headers.get("X-Keyhop-Tenant")
+        tenant = headers.get("X-Keyhop-Tenant")
     tenant = tenant or provider.default_tenant
     if not tenant:
         how = (
