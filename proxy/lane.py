@@ -12,7 +12,7 @@ Content-Length, Date) and the access line.
 
 Rules, each with a test in tests/test_lane.py:
 - The lane takes a request only when nothing can make it wait: no body, no Expect or
-  Upgrade, HTTP/1.1 keep-alive, no tracing, no rate_limit on the provider, the tenant named,
+  Upgrade, HTTP/1.1 keep-alive, no tracing, a `rate_limit` slot free now, the tenant named,
   no body-covering signer, "throttled until" known and past, the credential in memory and
   an idle upstream connection free. Anything else goes to forward.py unchanged, in order:
   one request of a connection is in progress at a time, lane or not.
@@ -154,8 +154,6 @@ class Lane:
         route = match.route
         prt = rt.providers[route.provider]
         provider = prt.config
-        if provider.rate_limit is not None:
-            return False
         try:
             tenant = pick_tenant(headers, match, provider)
         except ProxyError:
@@ -197,6 +195,10 @@ class Lane:
             )
         except UnsafeHeader:
             origin.release(conn, True)
+            return False
+        limit = provider.rate_limit
+        if limit is not None and not kh.limiter.reserve_now(provider.name, limit):
+            origin.release(conn, True)  # no slot free now: the pipeline waits for one
             return False
         transport = conn.transport
         assert transport is not None

@@ -34,6 +34,11 @@ class Limiter(Protocol):
         """blocked_until() when it is known without I/O (the express lane), else None."""
         ...
 
+    def reserve_now(self, provider: str, limit: RateLimit) -> bool | None:
+        """Take a slot if one is free right now, without I/O (the express lane): True taken;
+        False none free (nothing reserved: reserve() waits for one); None cannot tell."""
+        ...
+
 
 class LocalLimiter:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -51,6 +56,15 @@ class LocalLimiter:
             return wait  # not reserved: the caller answers 429
         self._tat[provider] = tat + interval
         return wait
+
+    def reserve_now(self, provider: str, limit: RateLimit) -> bool:
+        now = self._clock()
+        interval = 1.0 / limit.per_second
+        tat = max(self._tat.get(provider, now), now)
+        if tat - (limit.burst - 1.0) * interval > now:
+            return False
+        self._tat[provider] = tat + interval
+        return True
 
     async def blocked_until(self, provider: str) -> float:
         return self._blocked.get(provider, 0.0)

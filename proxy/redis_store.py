@@ -230,6 +230,9 @@ class RedisLimiter:
             return await self._local.reserve(provider, limit)
         return float(wait)
 
+    def reserve_now(self, provider: str, limit: RateLimit) -> bool | None:
+        return None  # the shared budget is a round trip away
+
     def known_blocked_until(self, provider: str) -> float | None:
         """The last read, refreshed in the background once older than BLOCK_REFRESH (the
         express lane must not stall every request on a round trip; another replica's block

@@ -128,3 +128,21 @@ async def test_a_malformed_retry_after_is_relayed_and_blocks_nothing(
     assert first.status == 429
     after = await client.get("/r/other")
     assert (after.status, await after.text()) == (200, "ok")
+
+
+async def test_reserve_now_takes_only_a_slot_that_is_free_now() -> None:
+    """The express lane's question: a free slot is taken at once; when none is, nothing is
+    reserved (the pipeline's reserve() then waits its turn, counted once)."""
+    from proxy.providers import RateLimit
+    from proxy.ratelimit import LocalLimiter
+    from tests.support import Clock
+
+    clock = Clock(1_000.0)
+    limiter = LocalLimiter(clock)
+    limit = RateLimit(per_second=10, burst=2)
+    assert limiter.reserve_now("p", limit) is True
+    assert limiter.reserve_now("p", limit) is True  # the burst
+    assert limiter.reserve_now("p", limit) is False  # none free now...
+    assert await limiter.reserve("p", limit) == pytest.approx(0.1)  # ...and none was taken
+    clock.advance(0.3)
+    assert limiter.reserve_now("p", limit) is True
