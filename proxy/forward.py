@@ -66,6 +66,7 @@ async def proxy_request(
             credential = await get_credential(kh, prt, tenant, info)
         else:
             credential, info.credential = handover.credential, handover.source
+            info.began = handover.began
 
         upstream = route.upstream
         path = upstream.base_path + match.path or "/"

@@ -82,6 +82,7 @@ class Handover:
     source: str  # the access line's `credential`
     answer: asyncio.Future[UpstreamResponse]  # the upstream's answer, or why there is none
     started: float  # perf_counter() when the request was written upstream
+    began: float  # perf_counter() when the lane took the request (its access line's clock)
 
     def discard(self) -> None:
         """forward.py will not read the answer (the client went away first)."""
@@ -181,8 +182,6 @@ class Lane:
             )
         except ProxyError:
             return False
-        if method == "DELETE" and hdrs.CONTENT_LENGTH not in sending:
-            sending[hdrs.CONTENT_LENGTH] = "0"  # upstream.py's framing of a bodyless DELETE
         taken = kh.upstreams.idle_connection(
             upstream, prt.ssl, proxy_for(provider.egress, upstream.scheme, upstream.host)
         )
@@ -220,6 +219,16 @@ class Lane:
         trip = self._trips.get(protocol)
         if trip is not None:
             trip.client_lost()
+
+    def cut(self) -> int:
+        """The drain ran out of time: every request still on the lane is cut, and logged
+        499 `aborted` as the pipeline logs the tasks it cancels. Returns how many."""
+        trips = list(self._trips.values())
+        for trip in trips:
+            trip.conn.listener = None
+            trip._abandon()
+            trip._finish(499, None, aborted=True)
+        return len(trips)
 
     def watch_unread(self, protocol: GuardedRequestHandler) -> None:
         """An answer went out past the transport's high-water mark: a client that still has
@@ -444,7 +453,7 @@ class _Trip:
             else:
                 future.set_exception(answer)
                 future.add_done_callback(_mark_retrieved)
-            note = Handover(self.credential, self.source, future, self.sent)
+            note = Handover(self.credential, self.source, future, self.sent, self.began)
         self.protocol.express_give_back(self.message, note)
 
 

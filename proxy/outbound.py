@@ -106,6 +106,9 @@ def compile_template(
 
 # --- the injector ----------------------------------------------------------------------------
 
+#: methods whose requests carry no body, and so no Content-Length: 0 (RFC 9110 8.6)
+NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
 
 class Injector:
     """What one provider adds to its requests: built once per config, used per request."""
@@ -156,6 +159,10 @@ class Injector:
             headers["traceparent"] = traceparent
         for name, value in self._credential_headers(credential, tenant):
             headers[name] = value
+        if body is None and method not in NO_BODY_METHODS and "Content-Length" not in headers:
+            # the framing of a bodyless POST/PUT/PATCH/DELETE, here and not in the sender, so a
+            # signer that covers Content-Length covers what goes on the wire (SPEC 5.1)
+            headers["Content-Length"] = "0"
         signer = self._signer
         if signer is not None:
             signed = SignRequest(

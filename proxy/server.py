@@ -218,7 +218,8 @@ async def serve(
         await asyncio.wait_for(runner.cleanup(), config.drain_timeout)
     except TimeoutError:
         left = [task for task in kh.metrics.in_flight if not task.done()]
-        log.warning("drain timeout: cutting %d request(s) still in flight", len(left))
+        cut = express.cut() if express is not None else 0  # the lane's: no task to cancel
+        log.warning("drain timeout: cutting %d request(s) still in flight", len(left) + cut)
         for task in left:
             task.cancel()
         if left:

@@ -30,6 +30,7 @@ from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_heade
 from proxy.headers import CONTROL_CHARS
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
+from proxy.outbound import NO_BODY_METHODS
 from proxy.routing import Upstream
 from proxy.tunnel import ProxyTarget
 
@@ -37,7 +38,6 @@ __all__ = ["BadUpstreamAnswer", "RequestBodyLost", "UnsafeHeader", "UpstreamPool
 
 PER_ORIGIN: Final = 256  # busy connections per upstream; more requests wait for one
 KEEPALIVE: Final = 60.0  # an idle connection is closed after this many seconds
-_NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -267,7 +267,7 @@ def _abandon(
 def _frame(method: str, headers: CIMultiDict[str], body: object) -> bool:
     """Set the body's framing headers; True when the body goes out chunked."""
     if body is None:
-        if method not in _NO_BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
+        if method not in NO_BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
             headers[hdrs.CONTENT_LENGTH] = "0"
         return False
     if isinstance(body, bytes):
