@@ -50,7 +50,7 @@ async def proxy_request(
     provider = prt.config
     info.route, info.provider = route.prefix, provider.name
     tenant = info.tenant = pick_tenant(request.headers, match, provider)
-    # the express lane (lane.py) may have sent this request already: go on from there
+    # the express lane (proxy/lane/) may have sent this request already: go on from there
     handover: Handover | None = handover_note(request)
     try:
         upgrade = is_upgrade(request)

@@ -36,7 +36,7 @@ class Metrics:
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
         #: the tasks handling requests now: the gauge, and what a drain out of time cancels
         self.in_flight: set[asyncio.Task[object]] = set()
-        #: requests on the express lane now (proxy/lane.py: no task to hold), and served by it
+        #: requests on the express lane now (proxy/lane/: no task to hold), and served by it
         self.express_in_flight = 0
         self.express_served = 0
         self.registry = CollectorRegistry()
@@ -125,7 +125,7 @@ class _Collector:
 
         yield CounterMetricFamily(
             "keyhop_express_requests",
-            "Requests served whole by the express lane (no task; proxy/lane.py).",
+            "Requests served whole by the express lane (no task; proxy/lane/).",
             value=m.express_served,
         )
         yield GaugeMetricFamily(

@@ -151,7 +151,7 @@ async def serve(
         return await handle(kh, request)
 
     limits = config.timeouts  # read at start: a reload that changes them needs a restart
-    # the express lane serves the usual request without a task (proxy/lane.py);
+    # the express lane serves the usual request without a task (proxy/lane/);
     # KEYHOP_EXPRESS=0 turns it off (bench/ measures both)
     express = Lane(kh) if os.environ.get("KEYHOP_EXPRESS", "1") != "0" else None
     server = create_server(
