@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from aiohttp import hdrs
 from aiohttp.client_exceptions import ClientOSError, ServerDisconnectedError
@@ -29,16 +29,22 @@ from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
 from proxy.relay import SMALL_BODY
 from proxy.routing import Route
-from proxy.runtime import ProviderRuntime
+from proxy.runtime import Keyhop, ProviderRuntime
 from proxy.tokens import Credential
 from proxy.upstream import UpstreamResponse
-
-if TYPE_CHECKING:
-    from proxy.lane.take import Lane
 
 log = logging.getLogger("keyhop")
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+
+class Lane(Protocol):
+    """What a trip uses of the lane that took it (proxy/lane/take.py)."""
+
+    kh: Keyhop
+    trips: dict[GuardedRequestHandler, Trip]
+
+    def watch_unread(self, protocol: GuardedRequestHandler) -> None: ...
 
 
 @dataclass(slots=True)
