@@ -108,6 +108,7 @@ async def exchange(
         while True:
             attempt += 1
             if sent is not None:
+                assert sent.answer is not None  # (forward.py passes only one with an answer)
                 outbound = build(credential, None)
                 started = sent.started
                 up = await send(kh, deadline, prt, outbound, sent.answer)

@@ -52,6 +52,10 @@ async def proxy_request(
     tenant = info.tenant = pick_tenant(request.headers, match, provider)
     # the express lane (proxy/lane/) may have sent this request already: go on from there
     handover: Handover | None = handover_note(request)
+    if handover is not None:
+        info.began = handover.began
+        if handover.answer is None:
+            handover = None  # nothing it did to go on from: sent afresh
     try:
         upgrade = is_upgrade(request)
         if upgrade and not route.websocket:
@@ -66,7 +70,6 @@ async def proxy_request(
             credential = await get_credential(kh, prt, tenant, info)
         else:
             credential, info.credential = handover.credential, handover.source
-            info.began = handover.began
 
         upstream = route.upstream
         path = upstream.base_path + match.path or "/"

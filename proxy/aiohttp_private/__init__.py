@@ -17,8 +17,9 @@ Hooks:
   it completes or refuses), `_messages` (the parsed requests, with their bodies),
   `_upgraded`, `_force_close`/`_close` and `_loop` to time and count the bytes of each request head
   while it arrives; aiohttp limits each line, not the head. The express lane (proxy/lane.py)
-  takes parsed requests off `_messages` while `start()` is parked on `_waiter`, and keeps
-  aiohttp's own bookkeeping as `start()` would: `_parser.message_consumed()`,
+  takes parsed requests off `_messages` while `start()` is parked on `_waiter` (and keeps it
+  parked through `close()` while it serves one), and keeps aiohttp's own bookkeeping as
+  `start()` would: `_parser.message_consumed()` (once the lane has answered),
   `_manager.requests_count`, `_buffer_paused`, `_msg_queue_resume_size` and
   `_resume_reading_if_drained()` (a pipeline past aiohttp's queue limit pauses reading),
   `_request_in_progress` and `_handler_waiter` (which `shutdown()`

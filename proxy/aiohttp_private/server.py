@@ -44,6 +44,7 @@ class GuardedRequestHandler(RequestHandler):
         self._express_busy = False  # the express lane is serving a request of this connection
         #: a request the lane gave back to start(), and the lane's note for the handler
         self._handover: tuple[object, Any] | None = None
+        self._given_back: RawRequestMessage | None = None  # the last one, until start() has it
 
     def refusal(self, status: int, text: str) -> bytes:
         """The whole answer (head and body) sent before the connection is closed."""
@@ -91,20 +92,12 @@ class GuardedRequestHandler(RequestHandler):
                 and self.transport is not None
                 and express(self, message)
             ):
+                # (the parser's count of queued messages keeps it until express_done(): a
+                # message given back is counted off by start() when it takes it)
                 self._messages.popleft()
-                if self._parser is not None:
-                    self._parser.message_consumed()
                 if self._manager is not None:
                     self._manager.requests_count += 1
                 self._express_busy = self._request_in_progress = True
-                if self._buffer_paused and len(self._messages) <= self._msg_queue_resume_size:
-                    # as start() does: a long pipeline paused reading at aiohttp's queue limit;
-                    # parse what is buffered and read on (without waking start())
-                    self._waiter = None
-                    try:
-                        self._resume_reading_if_drained()
-                    finally:
-                        self._waiter = waiter
                 return
             waiter.set_result(None)
             return
@@ -119,6 +112,17 @@ class GuardedRequestHandler(RequestHandler):
         if not keep_alive or self._close or self._force_close:
             self.force_close()
             return
+        if self._parser is not None:
+            self._parser.message_consumed()
+        waiter = self._waiter
+        if self._buffer_paused and len(self._messages) <= self._msg_queue_resume_size:
+            # as start() does: a long pipeline paused reading at aiohttp's queue limit; parse
+            # what is buffered and read on (without waking start(): _dispatch decides)
+            self._waiter = None
+            try:
+                self._resume_reading_if_drained()
+            finally:
+                self._waiter = waiter
         if self._keepalive_timeout > 0:
             loop = self._loop
             close_time = loop.time() + self._keepalive_timeout
@@ -133,6 +137,7 @@ class GuardedRequestHandler(RequestHandler):
         `note` with handover_note()."""
         self._express_busy = self._request_in_progress = False
         self._handover = (message.raw_headers, note)
+        self._given_back = message
         self._messages.appendleft((message, EMPTY_PAYLOAD))
         handler_waiter = self._handler_waiter
         if handler_waiter is not None and not handler_waiter.done():
@@ -140,6 +145,16 @@ class GuardedRequestHandler(RequestHandler):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def close(self) -> None:
+        """aiohttp's close() (at shutdown, or after a head over the limit behind the answer in
+        progress) wakes a parked start() to end it; while the lane serves a request, start()
+        must stay parked for a request the lane may give back: the lane ends the connection
+        when it is done (express_done), or start() does after the request given back."""
+        if self._express_busy:
+            self._close = True
+            return
+        super().close()
 
     def _process_keepalive(self) -> None:
         if self._express_busy:
@@ -198,9 +213,24 @@ class GuardedRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._head_done()
+        start = self._task_handler
         super().connection_lost(exc)
-        if self._express_busy and self.express is not None:
-            self.express.client_lost(self)
+        express = self.express
+        if express is None:
+            return
+        if self._express_busy:
+            express.client_lost(self)
+            return
+        given = self._given_back
+        if given is not None and self._messages and self._messages[0][0] is given:
+            # given back in this same loop turn, and start() (woken, not yet run) would meet
+            # a torn-down protocol: the request ends here instead, as the lane ends it
+            self._messages.clear()
+            if start is not None:
+                start.cancel()
+            note, self._handover = self._handover, None
+            if note is not None:
+                express.abandoned(note[1])
 
 
 def handover_note(request: web.BaseRequest) -> Any:
@@ -224,6 +254,11 @@ class Express(Protocol):
 
     def client_lost(self, protocol: GuardedRequestHandler) -> None:
         """The client's connection closed while the lane was serving one of its requests."""
+        ...
+
+    def abandoned(self, note: Any) -> None:
+        """The client's connection closed before start() took a request the lane gave back
+        with `note`."""
         ...
 
 

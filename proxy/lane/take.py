@@ -14,7 +14,7 @@ from proxy.egress import proxy_for
 from proxy.errors import ProxyError
 from proxy.gate import client_key_ok
 from proxy.headers import clean_request_headers
-from proxy.lane.trip import Trip
+from proxy.lane.trip import Handover, Trip
 from proxy.runtime import Keyhop
 from proxy.tenants import pick_tenant
 from proxy.tokens import Credential
@@ -154,6 +154,9 @@ class Lane:
         trip = self.trips.get(protocol)
         if trip is not None:
             trip.client_lost()
+
+    def abandoned(self, note: Handover) -> None:
+        note.abandon()
 
     def cut(self) -> int:
         """The drain ran out of time: every request still on the lane is cut, and logged

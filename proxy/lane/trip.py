@@ -53,15 +53,27 @@ class Handover:
 
     credential: Credential | None
     source: str  # the access line's `credential`
-    answer: asyncio.Future[UpstreamResponse]  # the upstream's answer, or why there is none
+    #: the upstream's answer, or why there is none; None: nothing to go on, send afresh
+    answer: asyncio.Future[UpstreamResponse] | None
     started: float  # perf_counter() when the request was written upstream
     began: float  # perf_counter() when the lane took the request (its access line's clock)
+    trip: Trip
 
     def discard(self) -> None:
         """forward.py will not read the answer (the client went away first)."""
         answer = self.answer
-        if answer.done() and not answer.cancelled() and answer.exception() is None:
+        if answer is None or not answer.done() or answer.cancelled():
+            return
+        if answer.exception() is None:
             answer.result().release()
+
+    def abandon(self) -> None:
+        """The client left before the pipeline took the request: it ends here, logged as
+        the pipeline would log it (499 `aborted`)."""
+        had_answer = self.answer is not None and self.answer.done() and not self.answer.cancelled()
+        answered = had_answer and self.answer is not None and self.answer.exception() is None
+        self.discard()
+        self.trip.log_gone(answered)
 
 
 class Trip:
@@ -257,23 +269,45 @@ class Trip:
             upstream_ms = None
             if isinstance(answer, UpstreamResponse):
                 answer.release()  # pooled when its body had all come, closed otherwise
-                upstream_ms = round((time.perf_counter() - self.sent) * 1000, 3)
+                elapsed = time.perf_counter() - self.sent
+                self.lane.kh.metrics.upstream(self.prt.config.name, elapsed)
+                upstream_ms = round(elapsed * 1000, 3)
             self._finish(499, upstream_ms, aborted=True)
             return
         lane = self.lane
         lane.trips.pop(self.protocol, None)
         lane.kh.metrics.express_in_flight -= 1
-        note: Handover | None = None
+        future: asyncio.Future[UpstreamResponse] | None = None
         if answer is not None:
             loop = lane.kh.deadlines.loop or asyncio.get_running_loop()
-            future: asyncio.Future[UpstreamResponse] = loop.create_future()
+            future = loop.create_future()
             if isinstance(answer, UpstreamResponse):
                 future.set_result(answer)
             else:
                 future.set_exception(answer)
                 future.add_done_callback(_mark_retrieved)
-            note = Handover(self.credential, self.source, future, self.sent, self.began)
+        note = Handover(self.credential, self.source, future, self.sent, self.began, self)
         self.protocol.express_give_back(self.message, note)
+
+    def log_gone(self, answered: bool) -> None:
+        """The access line of a request given back whose client left before the pipeline
+        took it."""
+        upstream_ms = None
+        if answered:
+            elapsed = time.perf_counter() - self.sent
+            self.lane.kh.metrics.upstream(self.prt.config.name, elapsed)
+            upstream_ms = round(elapsed * 1000, 3)
+        info = AccessInfo(
+            None,
+            route=self.route,
+            provider=self.prt.config.name,
+            tenant=self.tenant,
+            upstream_ms=upstream_ms,
+            credential=self.source,
+            aborted=True,
+        )
+        message = self.message
+        log_access(message.method, message.path, info, 499, self.began, self.lane.kh)
 
 
 def _mark_retrieved(future: asyncio.Future[UpstreamResponse]) -> None:
