@@ -160,9 +160,12 @@ async def test_hook_request_handler_has_the_state_the_express_lane_keeps() -> No
         "_keepalive_timeout",
         "_buffer_paused",
         "_msg_queue_resume_size",
+        "_task_handler",
     ):
         assert name in slots, name
     assert "_resume_reading_if_drained" in vars(RequestHandler)
+    # close() must only cancel start()'s wait, which GuardedRequestHandler defers while busy
+    assert "self._waiter.cancel()" in inspect.getsource(RequestHandler.close)
     assert "_process_keepalive" in vars(RequestHandler)
     assert "messages.popleft()" in inspect.getsource(RequestHandler.start).replace("self._", "")
     assert "self._buffer" in inspect.getsource(StreamReader.__init__)

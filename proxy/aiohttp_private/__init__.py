@@ -22,7 +22,8 @@ Hooks:
   `start()` would: `_parser.message_consumed()` (once the lane has answered),
   `_manager.requests_count`, `_buffer_paused`, `_msg_queue_resume_size` and
   `_resume_reading_if_drained()` (a pipeline past aiohttp's queue limit pauses reading),
-  `_request_in_progress` and `_handler_waiter` (which `shutdown()`
+  `_task_handler` (start()'s task, cancelled when a request given back loses its client
+  before start() runs), `_request_in_progress` and `_handler_waiter` (which `shutdown()`
   waits on), `_keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`.
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
   kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.
