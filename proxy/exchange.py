@@ -28,7 +28,7 @@ from proxy.access import AccessInfo
 from proxy.budget import MAX_THROTTLE_RETRIES, MAX_THROTTLE_WAIT
 from proxy.deadlines import Deadline
 from proxy.errors import ProxyError, RateLimited, UpstreamTimeout, UpstreamUnreachable
-from proxy.lane import Handover
+from proxy.handover import Handover
 from proxy.messages import dotted, parse_json
 from proxy.outbound import Outbound
 from proxy.providers import ResponseMatch
@@ -81,6 +81,42 @@ async def _peek(kh: Keyhop, up: UpstreamResponse, deadline: Deadline) -> tuple[A
         deadline.at = math.inf
     raw = b"".join(chunks)
     return parse_json(raw), raw  # bounded: an answer nested 50,000 deep is just not JSON
+
+
+async def settle(
+    kh: Keyhop,
+    prt: ProviderRuntime,
+    up: UpstreamResponse,
+    credential: Credential | None,
+    tenant: str | None,
+) -> None:
+    """An answer a rule names, which nobody will read (its client left first): what the rules
+    above do beside retrying still happens, as the pipeline would do it: a throttle_on answer
+    blocks the provider, a refresh_on one drops the refused credential. Releases `up`."""
+    provider = prt.config
+    try:
+        peeked: Any = None
+        if _needs_body(provider.throttle_on, up) or (
+            credential is not None and _needs_body(provider.refresh_on, up)
+        ):
+            try:
+                raw = await asyncio.wait_for(up.content.read(MAX_PEEK), provider.timeouts.read)
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                raw = b""
+            peeked = parse_json(raw)
+        if provider.throttle_on and _matches(provider.throttle_on, up, peeked):
+            kh.metrics.throttle(provider.name, "upstream")
+            until = reset_time(up.headers, kh.clock())
+            if until is not None:
+                await kh.limiter.block(provider.name, until)
+        elif (
+            credential is not None
+            and provider.refresh_on
+            and _matches(provider.refresh_on, up, peeked)
+        ):
+            await kh.manager.invalidate(provider, tenant, credential)
+    finally:
+        up.release()
 
 
 async def exchange(

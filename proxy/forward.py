@@ -25,8 +25,8 @@ from proxy.budget import wait_for_budget
 from proxy.errors import BadRequest, BodyTooLarge, NoRoute, ProxyError, RateLimited
 from proxy.exchange import exchange
 from proxy.gate import check_client_key, check_target
+from proxy.handover import Handover
 from proxy.headers import clean_request_headers
-from proxy.lane import Handover
 from proxy.outbound import Outbound
 from proxy.relay import UpstreamCut
 from proxy.runtime import KEYHOP, Keyhop, ProviderRuntime
@@ -52,6 +52,7 @@ async def proxy_request(
     tenant = info.tenant = pick_tenant(request.headers, match, provider)
     # the express lane (proxy/lane/) may have sent this request already: go on from there
     handover: Handover | None = handover_note(request)
+    budgeted = handover is not None  # the lane spent the request's rate_limit slot
     if handover is not None:
         info.began = handover.began
         if handover.answer is None:
@@ -66,7 +67,8 @@ async def proxy_request(
             request.headers, keep_authorization=provider.passes_client_auth
         )
         if handover is None:
-            await wait_for_budget(kh, provider)
+            if not budgeted:
+                await wait_for_budget(kh, provider)
             credential = await get_credential(kh, prt, tenant, info)
         else:
             credential, info.credential = handover.credential, handover.source

@@ -34,7 +34,7 @@ Rules, each with a test in tests/test_lane*.py:
 
 from __future__ import annotations
 
+from proxy.handover import Handover
 from proxy.lane.take import METHODS, Lane, head_size
-from proxy.lane.trip import Handover
 
 __all__ = ["METHODS", "Handover", "Lane", "head_size"]

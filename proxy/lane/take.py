@@ -13,8 +13,9 @@ from proxy.deadlines import TICK
 from proxy.egress import proxy_for
 from proxy.errors import ProxyError
 from proxy.gate import client_key_ok
+from proxy.handover import Handover
 from proxy.headers import clean_request_headers
-from proxy.lane.trip import Handover, Trip
+from proxy.lane.trip import Trip
 from proxy.runtime import Keyhop
 from proxy.tenants import pick_tenant
 from proxy.tokens import Credential
@@ -40,6 +41,7 @@ class Lane:
     def __init__(self, kh: Keyhop) -> None:
         self.kh = kh
         self.trips: dict[GuardedRequestHandler, Trip] = {}  # in progress, by connection
+        self.settling: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
     def _sweep(self) -> None:

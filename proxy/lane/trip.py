@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from aiohttp import hdrs
@@ -23,7 +22,9 @@ from proxy.aiohttp_private import (
     rfc822_formatted_time,
     serialize_headers,
 )
-from proxy.errors import UpstreamTimeout
+from proxy.errors import ProxyError, UpstreamTimeout
+from proxy.exchange import settle
+from proxy.handover import Handover
 from proxy.headers import clean_response_headers
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
@@ -43,37 +44,9 @@ class Lane(Protocol):
 
     kh: Keyhop
     trips: dict[GuardedRequestHandler, Trip]
+    settling: set[asyncio.Future[None]]  # settle() tasks, held until done
 
     def watch_unread(self, protocol: GuardedRequestHandler) -> None: ...
-
-
-@dataclass(slots=True)
-class Handover:
-    """What the lane did for a request it gives back: forward.py goes on from here."""
-
-    credential: Credential | None
-    source: str  # the access line's `credential`
-    #: the upstream's answer, or why there is none; None: nothing to go on, send afresh
-    answer: asyncio.Future[UpstreamResponse] | None
-    started: float  # perf_counter() when the request was written upstream
-    began: float  # perf_counter() when the lane took the request (its access line's clock)
-    trip: Trip
-
-    def discard(self) -> None:
-        """forward.py will not read the answer (the client went away first)."""
-        answer = self.answer
-        if answer is None or not answer.done() or answer.cancelled():
-            return
-        if answer.exception() is None:
-            answer.result().release()
-
-    def abandon(self) -> None:
-        """The client left before the pipeline took the request: it ends here, logged as
-        the pipeline would log it (499 `aborted`)."""
-        had_answer = self.answer is not None and self.answer.done() and not self.answer.cancelled()
-        answered = had_answer and self.answer is not None and self.answer.exception() is None
-        self.discard()
-        self.trip.log_gone(answered)
 
 
 class Trip:
@@ -236,7 +209,14 @@ class Trip:
         self.conn.abort()
         self.origin.release(self.conn, False)
 
-    def _finish(self, status: int, upstream_ms: float | None, *, aborted: bool = False) -> None:
+    def _finish(
+        self,
+        status: int,
+        upstream_ms: float | None,
+        *,
+        aborted: bool = False,
+        error: str | None = None,
+    ) -> None:
         lane = self.lane
         protocol = self.protocol
         lane.trips.pop(protocol, None)
@@ -249,11 +229,12 @@ class Trip:
             tenant=self.tenant,
             upstream_ms=upstream_ms,
             credential=self.source,
+            error=error,
             aborted=aborted,
         )
         message = self.message
         log_access(message.method, message.path, info, status, self.began, lane.kh)
-        protocol.express_done(not aborted)
+        protocol.express_done(not aborted and error is None)
 
     def _give_back_answer(self, message: RawResponseMessage, payload: StreamReader) -> None:
         self._give_back(
@@ -266,13 +247,7 @@ class Trip:
         """forward.py serves the request from here (None: from the start, nothing sent);
         unless its client left: then it ends here, as the pipeline would end it."""
         if self.gone:
-            upstream_ms = None
-            if isinstance(answer, UpstreamResponse):
-                answer.release()  # pooled when its body had all come, closed otherwise
-                elapsed = time.perf_counter() - self.sent
-                self.lane.kh.metrics.upstream(self.prt.config.name, elapsed)
-                upstream_ms = round(elapsed * 1000, 3)
-            self._finish(499, upstream_ms, aborted=True)
+            self._end_gone(answer)
             return
         lane = self.lane
         lane.trips.pop(self.protocol, None)
@@ -288,6 +263,30 @@ class Trip:
                 future.add_done_callback(_mark_retrieved)
         note = Handover(self.credential, self.source, future, self.sent, self.began, self)
         self.protocol.express_give_back(self.message, note)
+
+    def _end_gone(self, answer: UpstreamResponse | BaseException | None) -> None:
+        """The client left while the lane waited: the request ends as the pipeline ends it.
+        An answer: its rules' side effects (settle), the connection pooled when it ended
+        cleanly, 499 `aborted`. A failure: the pipeline's error code and status, logged."""
+        kh = self.lane.kh
+        if isinstance(answer, UpstreamResponse):
+            elapsed = time.perf_counter() - self.sent
+            kh.metrics.upstream(self.prt.config.name, elapsed)
+            if answer.status in self.prt.rule_statuses:
+                task = asyncio.ensure_future(
+                    settle(kh, self.prt, answer, self.credential, self.tenant)
+                )
+                self.lane.settling.add(task)
+                task.add_done_callback(self.lane.settling.discard)
+            else:
+                answer.release()  # pooled when its body had all come, closed otherwise
+            self._finish(499, round(elapsed * 1000, 3), aborted=True)
+        elif isinstance(answer, ProxyError):
+            self._finish(answer.status, None, error=answer.code)
+        elif isinstance(answer, BadUpstreamAnswer):
+            self._finish(502, None, error="upstream_unreachable")
+        else:
+            self._finish(499, None, aborted=True)
 
     def log_gone(self, answered: bool) -> None:
         """The access line of a request given back whose client left before the pipeline
