@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy.access import AccessInfo
 from proxy.budget import MAX_THROTTLE_RETRIES, MAX_THROTTLE_WAIT
@@ -33,7 +33,7 @@ from proxy.messages import dotted, parse_json
 from proxy.outbound import Outbound
 from proxy.providers import ResponseMatch
 from proxy.ratelimit import reset_time, retry_after_seconds
-from proxy.relay import stream_back
+from proxy.relay import SMALL_BODY, stream_back
 from proxy.runtime import Keyhop, ProviderRuntime
 from proxy.send import send
 from proxy.tokens import Credential
@@ -90,11 +90,20 @@ async def settle(
     credential: Credential | None,
     tenant: str | None,
 ) -> None:
-    """An answer a rule names, which nobody will read (its client left first): what the rules
-    above do beside retrying still happens, as the pipeline would do it: a throttle_on answer
-    blocks the provider, a refresh_on one drops the refused credential. Releases `up`."""
+    """An answer nobody will read (its client left first), ended as the pipeline ends it:
+    what the rules above do beside retrying still happens (a throttle_on answer blocks the
+    provider, a refresh_on one drops the refused credential), and a small body of known
+    length is read to its end, so its connection goes back to the pool. Releases `up`."""
     provider = prt.config
     try:
+        if up.status not in prt.rule_statuses:
+            length = up.headers.get(hdrs.CONTENT_LENGTH)
+            if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+                try:
+                    await asyncio.wait_for(up.content.read(), provider.timeouts.read)
+                except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                    pass  # not whole: released as not reusable
+            return
         peeked: Any = None
         if _needs_body(provider.throttle_on, up) or (
             credential is not None and _needs_body(provider.refresh_on, up)

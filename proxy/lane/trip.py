@@ -272,14 +272,14 @@ class Trip:
         if isinstance(answer, UpstreamResponse):
             elapsed = time.perf_counter() - self.sent
             kh.metrics.upstream(self.prt.config.name, elapsed)
-            if answer.status in self.prt.rule_statuses:
+            if answer.status in self.prt.rule_statuses or not answer.content.is_eof():
                 task = asyncio.ensure_future(
                     settle(kh, self.prt, answer, self.credential, self.tenant)
                 )
                 self.lane.settling.add(task)
                 task.add_done_callback(self.lane.settling.discard)
             else:
-                answer.release()  # pooled when its body had all come, closed otherwise
+                answer.release()  # all here: pooled
             self._finish(499, round(elapsed * 1000, 3), aborted=True)
         elif isinstance(answer, ProxyError):
             self._finish(answer.status, None, error=answer.code)
