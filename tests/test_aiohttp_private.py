@@ -164,6 +164,13 @@ async def test_hook_request_handler_has_the_state_the_express_lane_keeps() -> No
     ):
         assert name in slots, name
     assert "_resume_reading_if_drained" in vars(RequestHandler)
+    assert inspect.iscoroutinefunction(RequestHandler.finish_response)
+    assert list(inspect.signature(RequestHandler.finish_response).parameters) == [
+        "self",
+        "request",
+        "resp",
+        "start_time",
+    ]
     # close() must only cancel start()'s wait, which GuardedRequestHandler defers while busy
     assert "self._waiter.cancel()" in inspect.getsource(RequestHandler.close)
     assert "_process_keepalive" in vars(RequestHandler)

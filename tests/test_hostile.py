@@ -245,6 +245,25 @@ async def test_a_small_head_pipelined_behind_a_request_in_progress_is_served(
     writer.close()
 
 
+async def test_a_head_begun_behind_an_answer_in_a_later_read_is_clocked_once_the_answer_is_out(
+    serve_limits: Callable[..., Awaitable[int]],
+) -> None:
+    """While /slow is answered the next head has no clock (the wait is not the client's);
+    once the answer is out, an unfinished head gets the head timeout and its 408."""
+    port = await serve_limits(head_timeout=0.5)
+    reader, writer = await connect(port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: k\r\n\r\n")
+    await asyncio.sleep(0.1)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: k\r\n")  # ...and never the blank line
+    status, _, body = await answer(reader)
+    assert (status, body) == (200, b"ok")
+    began = asyncio.get_running_loop().time()
+    status, head, body = await answer(reader)
+    refusal(status, head, body, 408, "did not arrive within 0.5 s")
+    assert asyncio.get_running_loop().time() - began < 2.0  # not the keep-alive timeout
+    writer.close()
+
+
 async def test_websocket_traffic_after_an_upgrade_is_not_counted_as_head() -> None:
     async def echo(request: web.BaseRequest) -> web.StreamResponse:
         ws = web.WebSocketResponse()

@@ -247,9 +247,10 @@ async def test_a_bad_request_pipelined_behind_a_lane_request_is_refused_after_it
 
 
 HEAD_UNCLOCKED = (
-    "not the lane's (lane on and off alike): a head started behind an answer in progress "
-    "gets no clock once the answer is out; left unfinished, it holds the connection until "
-    "the keep-alive timeout instead of a 408 at the head timeout"
+    "not the lane's (lane on and off alike): a head begun in the same read as the request "
+    "before it is not counted (aiohttp's parser keeps those bytes), so it gets no clock once "
+    "the answer is out and holds the connection until the keep-alive timeout; a head begun "
+    "in a later read is clocked (test_a_head_begun_behind_an_answer_in_a_later_read_...)"
 )
 
 

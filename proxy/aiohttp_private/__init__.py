@@ -25,6 +25,8 @@ Hooks:
   `_task_handler` (start()'s task, cancelled when a request given back loses its client
   before start() runs), `_request_in_progress` and `_handler_waiter` (which `shutdown()`
   waits on), `_keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`.
+- `RequestHandler.finish_response` (per answer start() writes): overridden to start the head
+  clock of a head that began arriving behind that answer.
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
   kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.
 - `CheckedResponseHandler.feed_data` / `set_exception` (DataQueue): a parsed answer or a

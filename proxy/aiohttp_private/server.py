@@ -131,6 +131,8 @@ class GuardedRequestHandler(RequestHandler):
                 self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
         if self._messages:
             self._dispatch()
+        else:
+            self._clock_a_waiting_head()
 
     def express_give_back(self, message: RawRequestMessage, note: Any) -> None:
         """The lane cannot finish this request: start() serves it, and the handler finds
@@ -198,6 +200,25 @@ class GuardedRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _clock_a_waiting_head(self) -> None:
+        """An answer is out and nothing else is queued: a head that began arriving behind it
+        (no clock then: the wait was not the client's) is the client's to finish now."""
+        if (
+            self._head_bytes
+            and self._head_timer is None
+            and not self._messages
+            and not self._force_close
+        ):
+            self._head_timer = self._loop.call_later(self.head_timeout, self._head_too_slow)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._clock_a_waiting_head()
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
