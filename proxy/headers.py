@@ -108,3 +108,20 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
             raise UnrelayableHeader(f"the upstream's {name} header holds a control character")
         out.add(name, value)
     return out
+
+
+def all_ascii(first: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
+    """True when aiohttp's C head serializer can write this head whole: it silently drops
+    the surrogate-escaped obs-text bytes (0x80-0xFF) a parser kept (RFC 9110 5.5)."""
+    return first.isascii() and all(map(str.isascii, headers.values()))
+
+
+def serialize_obs_text(first: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
+    """A head with its non-ASCII bytes as they came (aiohttp decodes them with
+    surrogateescape); ValueError for a control character, as aiohttp's own serializer."""
+    lines = [first]
+    for name, value in headers.items():
+        if CONTROL_CHARS.search(name) or CONTROL_CHARS.search(value):
+            raise ValueError("a header holds a control character")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")

@@ -27,7 +27,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.aiohttp_private import CheckedResponseHandler, drain, serialize_headers
-from proxy.headers import CONTROL_CHARS
+from proxy.headers import all_ascii, serialize_obs_text
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
 from proxy.outbound import NO_BODY_METHODS
@@ -247,10 +247,9 @@ def request_head(
         headers = CIMultiDict(headers)
         del headers[hdrs.HOST]
     try:
-        if all(map(str.isascii, headers.values())):
+        if all_ascii(host_line, headers):
             return line + serialize_headers(host_line, headers)  # type: ignore[arg-type]
-        # aiohttp's serializer drops obs-text (RFC 9110 5.5): sent byte for byte
-        return line + _serialize_obs_text(host_line, headers)
+        return line + serialize_obs_text(host_line, headers)  # obs-text sent byte for byte
     except ValueError:
         raise UnsafeHeader("a header value holds a control character") from None
 
@@ -311,14 +310,3 @@ async def _write_body(
         transport.abort()
         lost = RequestBodyLost(f"the request body did not arrive: {type(exc).__name__}")
         conn.set_exception(lost)
-
-
-def _serialize_obs_text(first: str, headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bytes:
-    """The head with non-ASCII field values as the bytes the client sent (aiohttp decodes
-    them with surrogateescape); ValueError for a control character, as aiohttp's own."""
-    lines = [first]
-    for name, value in headers.items():
-        if CONTROL_CHARS.search(name) or CONTROL_CHARS.search(value):
-            raise ValueError("a header holds a control character")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")

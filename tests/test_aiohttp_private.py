@@ -277,3 +277,29 @@ def test_hook_rfc822_formatted_time_is_aiohttps_date_header() -> None:
     from proxy.aiohttp_private import rfc822_formatted_time
 
     assert parsedate_to_datetime(rfc822_formatted_time()).tzname() == "UTC"
+
+
+async def test_hook_write_headers_lets_a_relayed_head_keep_its_obs_text(
+    aiohttp_client: Any,
+) -> None:
+    """StreamResponse._write_headers and StreamWriter._headers_buf: aiohttp's C serializer
+    drops surrogate-escaped obs-text; a relayed head is written with its bytes as they came."""
+    import aiohttp.http_writer
+
+    assert "_write_headers" in vars(web.StreamResponse)
+    assert "_headers_buf" in inspect.getsource(aiohttp.http_writer.StreamWriter.write_headers)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = RelayedResponse(body=b"x", reason="Caf\udce9", headers={"X-Name": "caf\udce9"})
+        relayed(response, {})
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 Caf\xe9\r\n")
+    assert b"\r\nX-Name: caf\xe9\r\n" in head
+    writer.close()

@@ -125,13 +125,6 @@ async def test_an_odd_but_legal_answer_reaches_the_client_byte_for_byte_as_with_
     assert seen[0][1].endswith(b"\r\n\r\nok")
 
 
-OBS_TEXT = (
-    "not the lane's (lane on and off alike): obs-text bytes (0x80-0xFF) in an upstream's "
-    "reason phrase or field value are dropped on the way to the client"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=OBS_TEXT)
 @pytest.mark.parametrize(
     "odd",
     [ODD["obs-text-in-reason"], ODD["obs-text-in-value"]],

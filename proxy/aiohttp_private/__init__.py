@@ -25,6 +25,10 @@ Hooks:
   `_task_handler` (start()'s task, cancelled when a request given back loses its client
   before start() runs), `_request_in_progress` and `_handler_waiter` (which `shutdown()`
   waits on), `_keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`.
+- `StreamResponse._write_headers` (with `_req`, `_status`, `_reason`, `_headers`,
+  `_payload_writer`, `_send_headers_immediately`) and `StreamWriter._headers_buf`: a relayed
+  head holding obs-text is written with its bytes as they came (aiohttp's C serializer drops
+  them).
 - `RequestHandler.finish_response` (per answer start() writes): overridden to start the head
   clock of a head that began arriving behind that answer.
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a

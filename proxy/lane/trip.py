@@ -25,7 +25,7 @@ from proxy.aiohttp_private import (
 from proxy.errors import ProxyError, UpstreamTimeout
 from proxy.exchange import settle
 from proxy.handover import Handover
-from proxy.headers import clean_response_headers
+from proxy.headers import all_ascii, clean_response_headers, serialize_obs_text
 from proxy.http1 import BadUpstreamAnswer
 from proxy.origin import Origin
 from proxy.relay import SMALL_BODY
@@ -150,7 +150,11 @@ class Trip:
             headers[hdrs.CONTENT_LENGTH] = str(len(body))
             if hdrs.DATE not in headers:
                 headers[hdrs.DATE] = rfc822_formatted_time()
-            head = serialize_headers(f"HTTP/1.1 {code} {message.reason}", headers)
+            status_line = f"HTTP/1.1 {code} {message.reason}"
+            if all_ascii(status_line, headers):
+                head = serialize_headers(status_line, headers)
+            else:
+                head = serialize_obs_text(status_line, headers)
         except ValueError:  # (UnrelayableHeader among them): forward.py says why
             self._give_back_answer(message, payload)
             return
