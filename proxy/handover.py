@@ -29,18 +29,18 @@ class Handover:
     began: float  # perf_counter() when the lane took the request (its access line's clock)
     trip: GoneLog
 
-    def discard(self) -> None:
-        """forward.py will not read the answer (the client went away first)."""
+    def discard(self) -> bool:
+        """forward.py will not read the answer (the client went away first): it is released.
+        True when there was an answer (not a failure) to release."""
         answer = self.answer
         if answer is None or not answer.done() or answer.cancelled():
-            return
-        if answer.exception() is None:
-            answer.result().release()
+            return False
+        if answer.exception() is not None:
+            return False
+        answer.result().release()
+        return True
 
     def abandon(self) -> None:
         """The client left before the pipeline took the request: it ends here, logged as
         the pipeline would log it (499 `aborted`)."""
-        had_answer = self.answer is not None and self.answer.done() and not self.answer.cancelled()
-        answered = had_answer and self.answer is not None and self.answer.exception() is None
-        self.discard()
-        self.trip.log_gone(answered)
+        self.trip.log_gone(self.discard())

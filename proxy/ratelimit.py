@@ -8,6 +8,7 @@ The Redis engine (proxy/redis_store.py) implements the same two calls across rep
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import time
@@ -20,6 +21,8 @@ from proxy.providers import RateLimit
 MAX_PACING_WAIT: Final = 30.0  # a queue longer than this is answered 429, not held
 #: the longest an upstream's Retry-After / X-Plan-Quota-Reset may block a provider (issue 12)
 MAX_RETRY_AFTER: Final = 3600
+#: seconds a worker or replica trusts its last read of a shared "blocked until"
+BLOCK_REFRESH: Final = 0.25
 
 
 class Limiter(Protocol):
@@ -75,6 +78,58 @@ class LocalLimiter:
     async def block(self, provider: str, until: float) -> None:
         if until > self._blocked.get(provider, 0.0):
             self._blocked[provider] = until
+
+
+class SharedBlock:
+    """ "Blocked until" kept in a store several processes share (the SQLite file of workers,
+    Redis of replicas): read at most every BLOCK_REFRESH per provider, since a round trip
+    per request would double the hot path's cost for a state that changes once in a long
+    while; one read at a time per provider, however many requests ask; this process's own
+    blocks (`_local`) count too. Subclasses say how the store is read."""
+
+    _clock: Callable[[], float]
+    _local: LocalLimiter
+
+    def __init__(self) -> None:
+        self._blocked: dict[str, tuple[float, float]] = {}  # provider -> (until, read at)
+        self._reading: dict[str, asyncio.Future[tuple[float, float]]] = {}
+
+    async def _read_block(self, provider: str) -> tuple[float, float]:
+        """The store's "blocked until" for `provider`, and when it was read."""
+        raise NotImplementedError
+
+    def reserve_now(self, provider: str, limit: RateLimit) -> bool | None:
+        return None  # the shared budget is a round trip away
+
+    def known_blocked_until(self, provider: str) -> float | None:
+        """The last read, refreshed in the background once older than BLOCK_REFRESH (the
+        express lane must not stall every request on a read; another process's block shows
+        within BLOCK_REFRESH and one read); None before the first read."""
+        cached = self._blocked.get(provider)
+        if cached is None:
+            return None
+        if self._clock() - cached[1] >= BLOCK_REFRESH:
+            self._refresh(provider)
+        return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
+
+    async def blocked_until(self, provider: str) -> float:
+        cached = self._blocked.get(provider)
+        if cached is None or self._clock() - cached[1] >= BLOCK_REFRESH:
+            cached = await asyncio.shield(self._refresh(provider))
+        return max(cached[0], await self._local.blocked_until(provider))
+
+    def _refresh(self, provider: str) -> asyncio.Future[tuple[float, float]]:
+        reading = self._reading.get(provider)
+        if reading is None:
+
+            async def read() -> tuple[float, float]:
+                result = self._blocked[provider] = await self._read_block(provider)
+                return result
+
+            reading = asyncio.ensure_future(read())
+            self._reading[provider] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(provider, None))
+        return reading
 
 
 def _parse_kibo_date(text: str) -> float | None:

@@ -9,7 +9,6 @@ must not be lost), and redis-py reconnects by itself on the next call.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -21,7 +20,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from proxy.providers import RateLimit
-from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter
+from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter, SharedBlock
 from proxy.tokens import Credential, StoredItem
 
 log = logging.getLogger("keyhop.store")
@@ -29,7 +28,6 @@ REDIS_CONNECTIONS: Final = 64  # connections to Redis a replica keeps at most
 T = TypeVar("T")
 
 PREFIX: Final = "keyhop:"
-BLOCK_REFRESH: Final = 0.25  # seconds a replica trusts its last read of "blocked until"
 
 # Compare-and-delete: only the owner releases its lock.
 _RELEASE: Final = """
@@ -205,17 +203,16 @@ class RedisStore:
         return self._client
 
 
-class RedisLimiter:
+class RedisLimiter(SharedBlock):
     """The shared budget: GCRA and "blocked until" kept in Redis, atomically (Lua)."""
 
     def __init__(self, store: RedisStore, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self._store = store
         self._clock = clock
         self._local = LocalLimiter(clock)
         self._reserve = store.client.register_script(_RESERVE)
         self._block = store.client.register_script(_BLOCK)
-        self._blocked: dict[str, tuple[float, float]] = {}  # provider -> (until, read at)
-        self._reading: dict[str, asyncio.Future[tuple[float, float]]] = {}
 
     async def reserve(self, provider: str, limit: RateLimit) -> float:
         interval = 1.0 / limit.per_second
@@ -230,47 +227,12 @@ class RedisLimiter:
             return await self._local.reserve(provider, limit)
         return float(wait)
 
-    def reserve_now(self, provider: str, limit: RateLimit) -> bool | None:
-        return None  # the shared budget is a round trip away
-
-    def known_blocked_until(self, provider: str) -> float | None:
-        """The last read, refreshed in the background once older than BLOCK_REFRESH (the
-        express lane must not stall every request on a round trip; another replica's block
-        shows within BLOCK_REFRESH and one round trip); None before the first read."""
-        cached = self._blocked.get(provider)
-        if cached is None:
-            return None
-        if self._clock() - cached[1] >= BLOCK_REFRESH:
-            self._refresh(provider)
-        return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
-
-    async def blocked_until(self, provider: str) -> float:
-        # read at most every BLOCK_REFRESH per provider: a round trip per request would
-        # double the cost of the hot path for a state that changes once in a long while
+    async def _read_block(self, provider: str) -> tuple[float, float]:
         now = self._clock()
-        cached = self._blocked.get(provider)
-        if cached is None or now - cached[1] >= BLOCK_REFRESH:
-            cached = await asyncio.shield(self._refresh(provider))
-        return max(cached[0], await self._local.blocked_until(provider))
-
-    def _refresh(self, provider: str) -> asyncio.Future[tuple[float, float]]:
-        """One round trip per provider at a time, however many requests ask."""
-        reading = self._reading.get(provider)
-        if reading is None:
-            now = self._clock()
-
-            async def read() -> tuple[float, float]:
-                raw = await self._store._call(
-                    lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
-                )
-                result = (float(raw) if raw else 0.0, now)
-                self._blocked[provider] = result
-                return result
-
-            reading = asyncio.ensure_future(read())
-            self._reading[provider] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(provider, None))
-        return reading
+        raw = await self._store._call(
+            lambda: self._store.client.get(f"{PREFIX}blocked:{provider}"), None
+        )
+        return (float(raw) if raw else 0.0, now)
 
     async def block(self, provider: str, until: float) -> None:
         await self._local.block(provider, until)

@@ -6,7 +6,7 @@ The same Limiter protocol and the same GCRA as proxy/ratelimit.py, each reservat
 write transaction (BEGIN IMMEDIATE) so two workers never take the same slot. This state is
 worth nothing after a crash, so its connection does not fsync (synchronous=OFF), which keeps
 a reservation at tens of microseconds. "Blocked until" is read at most every BLOCK_REFRESH
-per provider, as RedisLimiter does: it changes once in a long while, requests come often.
+per provider (ratelimit.SharedBlock, as for RedisLimiter): it changes once in a long while.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
 
 from proxy.providers import RateLimit
-from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter
+from proxy.ratelimit import MAX_PACING_WAIT, LocalLimiter, SharedBlock
 
 T = TypeVar("T")
 
-BLOCK_REFRESH: Final = 0.25  # seconds a worker trusts its last read of "blocked until"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rate_budget (provider TEXT PRIMARY KEY, tat REAL NOT NULL);
@@ -31,17 +30,16 @@ CREATE TABLE IF NOT EXISTS rate_blocked (provider TEXT PRIMARY KEY, until REAL N
 """
 
 
-class SqliteLimiter:
+class SqliteLimiter(SharedBlock):
     """The rate budget of all workers on one machine, in the store's SQLite file."""
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.path = path
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyhop-limiter")
         self._db: sqlite3.Connection | None = None
         self._local = LocalLimiter(clock)  # this worker's own, when the file cannot be used
-        self._blocked: dict[str, tuple[float, float]] = {}  # provider -> (until, read at)
-        self._reading: dict[str, asyncio.Future[float]] = {}
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
@@ -98,38 +96,7 @@ class SqliteLimiter:
         except sqlite3.Error:
             return await self._local.reserve(provider, limit)
 
-    def reserve_now(self, provider: str, limit: RateLimit) -> bool | None:
-        return None  # the shared budget is a round trip away
-
-    def known_blocked_until(self, provider: str) -> float | None:
-        """The last read, refreshed in the background once older than BLOCK_REFRESH (the
-        express lane must not stall every request on a read; another worker's block shows
-        within BLOCK_REFRESH and one read); None before the first read."""
-        cached = self._blocked.get(provider)
-        if cached is None:
-            return None
-        if self._clock() - cached[1] >= BLOCK_REFRESH:
-            self._refresh(provider)
-        return max(cached[0], self._local.known_blocked_until(provider) or 0.0)
-
-    async def blocked_until(self, provider: str) -> float:
-        now = self._clock()
-        cached = self._blocked.get(provider)
-        if cached is not None and now - cached[1] < BLOCK_REFRESH:
-            return max(cached[0], await self._local.blocked_until(provider))
-        until = await asyncio.shield(self._refresh(provider))
-        return max(until, await self._local.blocked_until(provider))
-
-    def _refresh(self, provider: str) -> asyncio.Future[float]:
-        """One read per provider at a time, however many requests ask."""
-        reading = self._reading.get(provider)
-        if reading is None:
-            reading = asyncio.ensure_future(self._read_blocked(provider))
-            self._reading[provider] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(provider, None))
-        return reading
-
-    async def _read_blocked(self, provider: str) -> float:
+    async def _read_block(self, provider: str) -> tuple[float, float]:
         try:
             row = await self._run(
                 lambda db: db.execute(
@@ -138,9 +105,7 @@ class SqliteLimiter:
             )
         except sqlite3.Error:
             row = None
-        until = float(row[0]) if row else 0.0
-        self._blocked[provider] = (until, self._clock())
-        return until
+        return (float(row[0]) if row else 0.0, self._clock())
 
     async def block(self, provider: str, until: float) -> None:
         await self._local.block(provider, until)

@@ -113,7 +113,7 @@ async def test_known_blocked_until_never_waits_and_refreshes_a_stale_read_behind
 ) -> None:
     """The express lane asks on every request: the last read at once (None before the
     first); a read older than BLOCK_REFRESH is renewed with one round trip behind it."""
-    from proxy.redis_store import BLOCK_REFRESH
+    from proxy.ratelimit import BLOCK_REFRESH
     from tests.support import Clock
 
     clock = Clock(1_000.0)

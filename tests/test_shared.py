@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from proxy.shared import BLOCK_REFRESH, SqliteLimiter
+from proxy.ratelimit import BLOCK_REFRESH
+from proxy.shared import SqliteLimiter
 from tests.support import Clock
 
 

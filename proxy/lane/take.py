@@ -165,9 +165,7 @@ class Lane:
         499 `aborted` as the pipeline logs the tasks it cancels. Returns how many."""
         trips = list(self.trips.values())
         for trip in trips:
-            trip.conn.listener = None
-            trip._abandon()
-            trip._finish(499, None, aborted=True)
+            trip.cut()
         return len(trips)
 
     def watch_unread(self, protocol: GuardedRequestHandler) -> None:

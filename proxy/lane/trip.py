@@ -121,8 +121,7 @@ class Trip:
             return
         log.error("the express lane failed after answering", exc_info=exc)
         lane.kh.metrics.internal_error()
-        lane.trips.pop(self.protocol, None)
-        lane.kh.metrics.express_in_flight -= 1
+        self._leave()
         self.protocol.express_done(False)
 
     def _answer(self, message: RawResponseMessage, payload: StreamReader) -> None:
@@ -161,13 +160,10 @@ class Trip:
         # all of it is here: the connection goes back before the client reads
         self.origin.release(self.conn, True)
         self.written = True  # (from here on, nothing may be given back)
-        elapsed = time.perf_counter() - self.sent
-        kh = self.lane.kh
-        provider = self.prt.config.name
-        kh.metrics.upstream(provider, elapsed)
+        upstream_ms = self._upstream_ms()
         transport = self.protocol.transport
         if self.gone or transport is None:
-            self._finish(499, round(elapsed * 1000, 3), aborted=True)
+            self._finish(499, upstream_ms, aborted=True)
             return
         if len(body) < 16384:
             transport.write(head + body)  # one segment; a copy is cheap here
@@ -175,8 +171,8 @@ class Trip:
             transport.writelines((head, body))
         if self.protocol.writing_paused:
             self.lane.watch_unread(self.protocol)
-        kh.metrics.express_served += 1
-        self._finish(code, round(elapsed * 1000, 3))
+        self.lane.kh.metrics.express_served += 1
+        self._finish(code, upstream_ms)
 
     def failed(self, exc: BaseException) -> None:
         """The connection broke, or its answer is not HTTP, before a final head."""
@@ -209,9 +205,43 @@ class Trip:
 
     # -- endings ----------------------------------------------------------------------------
 
+    def cut(self) -> None:
+        """The drain ran out of time (Lane.cut): cut, and logged as the pipeline logs it."""
+        self.conn.listener = None
+        self._abandon()
+        self._finish(499, None, aborted=True)
+
     def _abandon(self) -> None:
         self.conn.abort()
         self.origin.release(self.conn, False)
+
+    def _leave(self) -> None:
+        """Off the lane: no longer in progress there (finished, or given back)."""
+        self.lane.trips.pop(self.protocol, None)
+        self.lane.kh.metrics.express_in_flight -= 1
+
+    def _upstream_ms(self) -> float:
+        """The upstream's time to answer, recorded in the metrics as the pipeline records
+        it; in ms for the access line."""
+        elapsed = time.perf_counter() - self.sent
+        self.lane.kh.metrics.upstream(self.prt.config.name, elapsed)
+        return round(elapsed * 1000, 3)
+
+    def _log(
+        self, status: int, upstream_ms: float | None, aborted: bool, error: str | None = None
+    ) -> None:
+        info = AccessInfo(
+            None,
+            route=self.route,
+            provider=self.prt.config.name,
+            tenant=self.tenant,
+            upstream_ms=upstream_ms,
+            credential=self.source,
+            error=error,
+            aborted=aborted,
+        )
+        message = self.message
+        log_access(message.method, message.path, info, status, self.began, self.lane.kh)
 
     def _finish(
         self,
@@ -221,24 +251,9 @@ class Trip:
         aborted: bool = False,
         error: str | None = None,
     ) -> None:
-        lane = self.lane
-        protocol = self.protocol
-        lane.trips.pop(protocol, None)
-        lane.kh.metrics.express_in_flight -= 1
-        config = self.prt.config
-        info = AccessInfo(
-            None,
-            route=self.route,
-            provider=config.name,
-            tenant=self.tenant,
-            upstream_ms=upstream_ms,
-            credential=self.source,
-            error=error,
-            aborted=aborted,
-        )
-        message = self.message
-        log_access(message.method, message.path, info, status, self.began, lane.kh)
-        protocol.express_done(not aborted and error is None)
+        self._leave()
+        self._log(status, upstream_ms, aborted, error)
+        self.protocol.express_done(not aborted and error is None)
 
     def _give_back_answer(self, message: RawResponseMessage, payload: StreamReader) -> None:
         self._give_back(
@@ -253,12 +268,10 @@ class Trip:
         if self.gone:
             self._end_gone(answer)
             return
-        lane = self.lane
-        lane.trips.pop(self.protocol, None)
-        lane.kh.metrics.express_in_flight -= 1
+        self._leave()
         future: asyncio.Future[UpstreamResponse] | None = None
         if answer is not None:
-            loop = lane.kh.deadlines.loop or asyncio.get_running_loop()
+            loop = self.lane.kh.deadlines.loop or asyncio.get_running_loop()
             future = loop.create_future()
             if isinstance(answer, UpstreamResponse):
                 future.set_result(answer)
@@ -272,19 +285,17 @@ class Trip:
         """The client left while the lane waited: the request ends as the pipeline ends it.
         An answer: its rules' side effects (settle), the connection pooled when it ended
         cleanly, 499 `aborted`. A failure: the pipeline's error code and status, logged."""
-        kh = self.lane.kh
         if isinstance(answer, UpstreamResponse):
-            elapsed = time.perf_counter() - self.sent
-            kh.metrics.upstream(self.prt.config.name, elapsed)
+            upstream_ms = self._upstream_ms()
             if answer.status in self.prt.rule_statuses or not answer.content.is_eof():
                 task = asyncio.ensure_future(
-                    settle(kh, self.prt, answer, self.credential, self.tenant)
+                    settle(self.lane.kh, self.prt, answer, self.credential, self.tenant)
                 )
                 self.lane.settling.add(task)
                 task.add_done_callback(self.lane.settling.discard)
             else:
                 answer.release()  # all here: pooled
-            self._finish(499, round(elapsed * 1000, 3), aborted=True)
+            self._finish(499, upstream_ms, aborted=True)
         elif isinstance(answer, ProxyError):
             self._finish(answer.status, None, error=answer.code)
         elif isinstance(answer, BadUpstreamAnswer):
@@ -295,22 +306,7 @@ class Trip:
     def log_gone(self, answered: bool) -> None:
         """The access line of a request given back whose client left before the pipeline
         took it."""
-        upstream_ms = None
-        if answered:
-            elapsed = time.perf_counter() - self.sent
-            self.lane.kh.metrics.upstream(self.prt.config.name, elapsed)
-            upstream_ms = round(elapsed * 1000, 3)
-        info = AccessInfo(
-            None,
-            route=self.route,
-            provider=self.prt.config.name,
-            tenant=self.tenant,
-            upstream_ms=upstream_ms,
-            credential=self.source,
-            aborted=True,
-        )
-        message = self.message
-        log_access(message.method, message.path, info, 499, self.began, self.lane.kh)
+        self._log(499, self._upstream_ms() if answered else None, aborted=True)
 
 
 def _mark_retrieved(future: asyncio.Future[UpstreamResponse]) -> None:
