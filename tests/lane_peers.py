@@ -14,9 +14,11 @@ import asyncio
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from proxy.aiohttp_private import GuardedRequestHandler, RawRequestMessage
@@ -26,8 +28,8 @@ from proxy.lane import Lane
 from proxy.runtime import KEYHOP, Keyhop
 from proxy.server import HEAD_TIMEOUT, MAX_HEAD_BYTES, create_server
 from proxy.store import MemoryStore
-from tests.conftest import make_config
-from tests.test_upstream import RawClient, RawUpstream, parse_head, read_chunked
+from tests.conftest import StartUpstream, make_config
+from tests.test_upstream import RawClient, RawUpstream, Wire, parse_head, read_chunked
 
 TOKEN = "tok-lane-7Hq2"  # the warm credential; never in an answer to the client
 
@@ -203,6 +205,37 @@ class Keyhops:
                 pass
         for stop in reversed(self._stops):
             await stop()
+
+
+@pytest.fixture
+async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
+    """keyhops.start(raw upstream, express=...) in front of a token endpoint; all stopped."""
+    fetches: list[int] = []
+    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
+    yield started
+    await started.close()
+
+
+@pytest.fixture(params=[True, False], ids=["lane", "no-lane"])
+def express(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def echo_path(wire: Wire) -> bytes:
+    """An answer whose body is the path asked for: answers in the wrong order show."""
+    path = wire.path.encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
+
+
+def get(path: str) -> bytes:
+    return f"GET /r{path} HTTP/1.1\r\nHost: keyhop\r\n\r\n".encode()
+
+
+def took_them(served: Served, express: bool, at_least: int) -> None:
+    if express:
+        assert served.taken >= at_least, served.taken
+    else:
+        assert served.taken == 0
 
 
 @dataclass(frozen=True)

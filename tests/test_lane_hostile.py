@@ -9,13 +9,11 @@ no answer within `timeouts.read` is a 504 (SPEC 4.6).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, token_app
+from tests.lane_peers import Keyhops, keyhops
 from tests.lane_runs import (
     Hostile,
     both,
@@ -25,40 +23,21 @@ from tests.lane_runs import (
     then_close,
     writes,
 )
-from tests.test_upstream import OK, Behaviour, RawConn, RawUpstream
+from tests.test_upstream import OK, RawConn, raw_upstream
 
 HELLO = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Id: 7\r\nContent-Length: 5\r\n\r\nhello"
 STALE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
 
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[Callable[[Behaviour], Awaitable[RawUpstream]]]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 # --- the cases ----------------------------------------------------------------------------------
 
 
 async def test_a_head_split_byte_by_byte_is_relayed_whole_by_the_lane(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    on = await both(keyhops, raw_ups, byte_by_byte(HELLO), caplog)
+    on = await both(keyhops, raw_upstream, byte_by_byte(HELLO), caplog)
     assert on.hostile is not None and on.hostile.whole
     assert on.hostile.status == "HTTP/1.1 200 OK"
     assert on.hostile.body == b"hello"
@@ -94,7 +73,7 @@ async def test_a_head_split_byte_by_byte_is_relayed_whole_by_the_lane(
 @pytest.mark.parametrize("split", [False, True], ids=["one-write", "byte-by-byte"])
 async def test_a_head_against_rfc_9112_is_a_502_and_its_connection_is_not_reused(
     keyhops: Keyhops,
-    raw_ups: Any,
+    raw_upstream: Any,
     caplog: pytest.LogCaptureFixture,
     answer: bytes,
     split: bool,
@@ -107,7 +86,7 @@ async def test_a_head_against_rfc_9112_is_a_502_and_its_connection_is_not_reused
         act = byte_by_byte(answer)
     else:  # in 4 KiB pieces: byte by byte would outlast the read timeout
         act = writes(*(answer[i : i + 4096] for i in range(0, len(answer), 4096)), pause=0.003)
-    on = await both(keyhops, raw_ups, act, caplog)
+    on = await both(keyhops, raw_upstream, act, caplog)
     assert "not HTTP" in error(on.hostile, 502, "upstream_unreachable")
     assert on.upstream_saw == [(0, "/warm"), (0, "/x"), (1, "/next")]
 
@@ -122,9 +101,9 @@ async def test_a_head_against_rfc_9112_is_a_502_and_its_connection_is_not_reused
     ids=["stale-answer-same-write", "stale-answer-while-idle", "with-the-body-s-end"],
 )
 async def test_bytes_past_a_whole_answer_are_never_read_as_the_next_answer(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture, stray: Hostile
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture, stray: Hostile
 ) -> None:
-    on = await both(keyhops, raw_ups, stray, caplog)
+    on = await both(keyhops, raw_upstream, stray, caplog)
     assert on.hostile is not None and (on.hostile.status, on.hostile.body) == (
         "HTTP/1.1 200 OK",
         b"ok",
@@ -135,12 +114,14 @@ async def test_bytes_past_a_whole_answer_are_never_read_as_the_next_answer(
 
 
 async def test_junk_glued_to_a_whole_answer_never_reaches_a_client(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiohttp's parser reads the junk as the start of a next answer in the same segment and
     fails: keyhop answers 502 (lane on and off alike) rather than the answer it had; either
     is safe, as long as the junk is relayed to nobody and the connection is dropped."""
-    on = await both(keyhops, raw_ups, writes(OK + b"junk-Zq9 that is not HTTP\r\n\r\n"), caplog)
+    on = await both(
+        keyhops, raw_upstream, writes(OK + b"junk-Zq9 that is not HTTP\r\n\r\n"), caplog
+    )
     assert on.hostile is not None and on.hostile.status in (
         "HTTP/1.1 200 OK",
         "HTTP/1.1 502 Bad Gateway",
@@ -157,13 +138,13 @@ async def test_junk_glued_to_a_whole_answer_never_reaches_a_client(
 @pytest.mark.parametrize("together", [True, False], ids=["one-write", "two-writes"])
 async def test_an_interim_answer_before_the_final_one_is_skipped(
     keyhops: Keyhops,
-    raw_ups: Any,
+    raw_upstream: Any,
     caplog: pytest.LogCaptureFixture,
     interim: bytes,
     together: bool,
 ) -> None:
     act = writes(interim + HELLO) if together else writes(interim, HELLO, pause=0.02)
-    on = await both(keyhops, raw_ups, act, caplog)
+    on = await both(keyhops, raw_upstream, act, caplog)
     assert on.hostile is not None and on.hostile.status == "HTTP/1.1 200 OK"
     assert on.hostile.body == b"hello"
     assert not any(name == "Link" for name, _ in on.hostile.headers)
@@ -171,10 +152,10 @@ async def test_an_interim_answer_before_the_final_one_is_skipped(
 
 
 async def test_an_unasked_101_is_a_502_and_its_connection_is_not_reused(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     act = writes(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n" + STALE)
-    on = await both(keyhops, raw_ups, act, caplog)
+    on = await both(keyhops, raw_upstream, act, caplog)
     assert "101" in error(on.hostile, 502, "upstream_unreachable")
     assert on.upstream_saw == [(0, "/warm"), (0, "/x"), (1, "/next")]
 
@@ -189,9 +170,9 @@ async def test_an_unasked_101_is_a_502_and_its_connection_is_not_reused(
     ids=["one-write-then-fin", "head-then-some-then-fin", "one-write-then-reset"],
 )
 async def test_a_body_shorter_than_its_content_length_is_cut_to_the_client_too(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture, act: Hostile
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture, act: Hostile
 ) -> None:
-    on = await both(keyhops, raw_ups, act, caplog)
+    on = await both(keyhops, raw_upstream, act, caplog)
     # SPEC 4.1: cut short to the client (the connection ends inside the body), never a
     # clean end; RFC 9112 6.3: the client then knows the message is incomplete
     assert on.hostile is not None and on.hostile.status == "HTTP/1.1 200 OK"
@@ -219,31 +200,34 @@ def before_silence(first: bytes) -> Hostile:
     ids=["nothing", "an-interim-answer-only", "half-a-head"],
 )
 async def test_an_upstream_that_never_answers_is_a_504_after_the_read_timeout(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture, act: Hostile
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture, act: Hostile
 ) -> None:
-    on = await both(keyhops, raw_ups, act, caplog)
+    on = await both(keyhops, raw_upstream, act, caplog)
     assert "within 1 s" in error(on.hostile, 504, "upstream_timeout")
     assert 0.9 <= on.seconds < 2.5  # timeouts.read is 1 s (slack for a loaded machine)
     assert on.upstream_saw == [(0, "/warm"), (0, "/x"), (1, "/next")]
 
 
 async def test_a_small_body_that_stalls_is_a_504_after_the_read_timeout(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def stall(conn: RawConn) -> None:
         await writes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")(conn)
         await silent(conn)
 
-    on = await both(keyhops, raw_ups, stall, caplog)
+    on = await both(keyhops, raw_upstream, stall, caplog)
     error(on.hostile, 504, "upstream_timeout")
     assert 0.9 <= on.seconds < 2.5
 
 
 @pytest.mark.parametrize("reset", [True, False], ids=["reset", "fin"])
 async def test_an_upstream_that_drops_the_connection_mid_head_is_a_502(
-    keyhops: Keyhops, raw_ups: Any, caplog: pytest.LogCaptureFixture, reset: bool
+    keyhops: Keyhops, raw_upstream: Any, caplog: pytest.LogCaptureFixture, reset: bool
 ) -> None:
     on = await both(
-        keyhops, raw_ups, then_close(writes(b"HTTP/1.1 200 OK\r\nContent-Le"), reset=reset), caplog
+        keyhops,
+        raw_upstream,
+        then_close(writes(b"HTTP/1.1 200 OK\r\nContent-Le"), reset=reset),
+        caplog,
     )
     error(on.hostile, 502, "upstream_unreachable")

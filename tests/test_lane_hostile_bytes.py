@@ -8,37 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, token_app
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, until
+from tests.lane_peers import Keyhops, keyhops
+from tests.test_upstream import Behaviour, RawConn, StartRaw, raw_upstream, until
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
 THEIR_DATE = b"Tue, 01 Jan 2030 00:00:00 GMT"
 
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 def answering(odd: bytes) -> Behaviour:
@@ -105,11 +83,11 @@ ODD = {
 
 @pytest.mark.parametrize("odd", list(ODD.values()), ids=list(ODD))
 async def test_an_odd_but_legal_answer_reaches_the_client_byte_for_byte_as_with_the_lane_off(
-    keyhops: Keyhops, raw_ups: StartRaw, odd: bytes
+    keyhops: Keyhops, raw_upstream: StartRaw, odd: bytes
 ) -> None:
     seen: list[tuple[bytes, bytes]] = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(answering(odd)), express=express)
+        served = await keyhops.start(await raw_upstream(answering(odd)), express=express)
         await served.warm()
         reader, writer = await served.connect()
         writer.write(b"GET /r/x HTTP/1.1\r\nHost: k\r\n\r\nGET /r/next HTTP/1.1\r\nHost: k\r\n\r\n")
@@ -132,12 +110,12 @@ async def test_an_odd_but_legal_answer_reaches_the_client_byte_for_byte_as_with_
 )
 @pytest.mark.parametrize("express", [True, False], ids=["lane", "no-lane"])
 async def test_obs_text_in_an_answer_head_reaches_the_client_as_sent(
-    keyhops: Keyhops, raw_ups: StartRaw, odd: bytes, express: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, odd: bytes, express: bool
 ) -> None:
     """RFC 9110 5.5: obs-text is opaque field content; SPEC 4.1: responses keep the
     upstream's headers. keyhop's head check (proxy/http1.py) lets it through; it must not
     then be lost."""
-    served = await keyhops.start(await raw_ups(answering(odd)), express=express)
+    served = await keyhops.start(await raw_upstream(answering(odd)), express=express)
     await served.warm()
     reader, writer = await served.connect()
     writer.write(b"GET /r/x HTTP/1.1\r\nHost: k\r\n\r\n")

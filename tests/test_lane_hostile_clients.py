@@ -12,59 +12,36 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, Served, access_fields, next_answer, token_app, tracebacks
+from tests.lane_peers import (
+    Keyhops,
+    Served,
+    access_fields,
+    echo_path,
+    get,
+    keyhops,
+    next_answer,
+    took_them,
+    tracebacks,
+)
 from tests.test_hostile import answer, closed, refusal, send_until_answered
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, Wire, keep_alive, until
+from tests.test_upstream import (
+    RawConn,
+    StartRaw,
+    Wire,
+    keep_alive,
+    raw_upstream,
+    until,
+)
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
-
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 @pytest.fixture(params=[True, False], ids=["lane", "no-lane"])
 def express(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
-
-
-def echo_path(wire: Wire) -> bytes:
-    """An answer whose body is the path asked for: answers in the wrong order show."""
-    path = wire.path.encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
-
-
-def get(path: str) -> bytes:
-    return f"GET /r{path} HTTP/1.1\r\nHost: keyhop\r\n\r\n".encode()
-
-
-def took_them(served: Served, express: bool, at_least: int) -> None:
-    if express:
-        assert served.taken >= at_least, served.taken
-    else:
-        assert served.taken == 0
 
 
 # --- pipelining ---------------------------------------------------------------------------------
@@ -107,7 +84,11 @@ async def pipelined_burst(served: Served, count: int, then: int = 0) -> list[tup
     ids=["31-then-1", "32-then-1", "50"],
 )
 async def test_pipelined_requests_in_one_write_are_all_answered_in_order_by_the_lane(
-    keyhops: Keyhops, raw_ups: StartRaw, caplog: pytest.LogCaptureFixture, count: int, then: int
+    keyhops: Keyhops,
+    raw_upstream: StartRaw,
+    caplog: pytest.LogCaptureFixture,
+    count: int,
+    then: int,
 ) -> None:
     """32 is aiohttp's queue of parsed requests (web_protocol.MAX_MSG_QUEUE_SIZE): at 32 it
     stops reading the socket until the queue drains; `then` requests follow, one by one."""
@@ -115,7 +96,7 @@ async def test_pipelined_requests_in_one_write_are_all_answered_in_order_by_the_
     total = count + then
     runs = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(keep_alive(echo_path)), express=express)
+        served = await keyhops.start(await raw_upstream(keep_alive(echo_path)), express=express)
         await served.warm()
         got = await pipelined_burst(served, count, then)
         # RFC 9112 9.3.2: answers in the order the requests came
@@ -129,7 +110,7 @@ async def test_pipelined_requests_in_one_write_are_all_answered_in_order_by_the_
 
 
 async def test_a_client_that_pipelines_and_never_reads_cannot_grow_keyhops_buffers(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool
 ) -> None:
     """400 requests for 60 KiB each (24 MiB of answers) from a client that reads nothing:
     keyhop's write buffer for it stays near one answer over the transport's high-water mark,
@@ -140,7 +121,7 @@ async def test_a_client_that_pipelines_and_never_reads_cannot_grow_keyhops_buffe
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     served = await keyhops.start(
-        await raw_ups(keep_alive(big)), express=express, top={"timeouts": {"client_write": 1}}
+        await raw_upstream(keep_alive(big)), express=express, top={"timeouts": {"client_write": 1}}
     )
     await served.warm()
     sock = socket.socket()
@@ -169,9 +150,11 @@ async def test_a_client_that_pipelines_and_never_reads_cannot_grow_keyhops_buffe
 
 
 async def test_a_head_dribbled_after_a_lane_answer_is_cut_with_408(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool
 ) -> None:
-    served = await keyhops.start(await raw_ups(keep_alive()), express=express, head_timeout=0.6)
+    served = await keyhops.start(
+        await raw_upstream(keep_alive()), express=express, head_timeout=0.6
+    )
     await served.warm()
     reader, writer = await served.connect()
     writer.write(get("/first"))
@@ -191,9 +174,9 @@ async def test_a_head_dribbled_after_a_lane_answer_is_cut_with_408(
 
 @pytest.mark.parametrize("after_a_lane_answer", [False, True], ids=["first", "second"])
 async def test_a_head_over_64_kib_in_one_write_is_431_and_never_sent_upstream(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool, after_a_lane_answer: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool, after_a_lane_answer: bool
 ) -> None:
-    served = await keyhops.start(await raw_ups(keep_alive()), express=express)
+    served = await keyhops.start(await raw_upstream(keep_alive()), express=express)
     await served.warm()
     reader, writer = await served.connect()
     if after_a_lane_answer:
@@ -213,7 +196,7 @@ async def test_a_head_over_64_kib_in_one_write_is_431_and_never_sent_upstream(
 @pytest.mark.parametrize("size", [2, 100_000], ids=["served-by-the-lane", "given-back"])
 async def test_a_big_head_pipelined_behind_a_lane_request_closes_after_its_answer(
     keyhops: Keyhops,
-    raw_ups: StartRaw,
+    raw_upstream: StartRaw,
     express: bool,
     size: int,
 ) -> None:
@@ -229,7 +212,7 @@ async def test_a_big_head_pipelined_behind_a_lane_request_closes_after_its_answe
             else:
                 await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    served = await keyhops.start(await raw_ups(slow), express=express)
+    served = await keyhops.start(await raw_upstream(slow), express=express)
     await served.warm()
     reader, writer = await served.connect()
     writer.write(get("/slow") + b"GET /r/x HTTP/1.1\r\n")

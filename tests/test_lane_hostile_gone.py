@@ -11,39 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, access_fields, seen, token_app, tracebacks
+from tests.lane_peers import Keyhops, access_fields, keyhops, seen, tracebacks
 from tests.lane_runs import Hostile, byte_by_byte, then_close, writes
-from tests.test_upstream import OK, Behaviour, RawConn, RawUpstream, until
+from tests.test_upstream import OK, Behaviour, RawConn, StartRaw, raw_upstream, until
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
 BIG = b"B" * 100_000
 
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 def late(hostile: Hostile) -> Behaviour:
@@ -110,12 +88,12 @@ async def leave(port: int) -> None:
     ids=list(ANSWERS),
 )
 async def test_whatever_answers_a_request_whose_client_left_nothing_is_held_lane_on_as_off(
-    keyhops: Keyhops, raw_ups: StartRaw, caplog: pytest.LogCaptureFixture, hostile: Hostile
+    keyhops: Keyhops, raw_upstream: StartRaw, caplog: pytest.LogCaptureFixture, hostile: Hostile
 ) -> None:
     caplog.set_level(logging.WARNING)
     runs: list[tuple[Any, ...]] = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(late(hostile)), express=express)
+        served = await keyhops.start(await raw_upstream(late(hostile)), express=express)
         await served.warm()
         await leave(served.port)
         await until(lambda s=served: len(s.lines) == 2)  # type: ignore[misc]

@@ -11,66 +11,30 @@ import logging
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
 from tests.lane_peers import (
     Keyhops,
     Served,
     access_fields,
+    echo_path,
+    get,
+    keyhops,
     next_answer,
     seen,
-    token_app,
+    took_them,
     tracebacks,
 )
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, Wire, until
+from tests.test_upstream import Behaviour, RawConn, StartRaw, raw_upstream, until
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
-
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 @pytest.fixture(params=[True, False], ids=["lane", "no-lane"])
 def express(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
-
-
-def echo_path(wire: Wire) -> bytes:
-    """An answer whose body is the path asked for: answers in the wrong order show."""
-    path = wire.path.encode()
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
-
-
-def get(path: str) -> bytes:
-    return f"GET /r{path} HTTP/1.1\r\nHost: keyhop\r\n\r\n".encode()
-
-
-def took_them(served: Served, express: bool, at_least: int) -> None:
-    if express:
-        assert served.taken >= at_least, served.taken
-    else:
-        assert served.taken == 0
 
 
 # --- clients that leave ---------------------------------------------------------------------------
@@ -99,11 +63,11 @@ async def leave_after(served: Served, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_a_client_that_leaves_right_after_sending_is_logged_499_and_keyhop_goes_on(
-    keyhops: Keyhops, raw_ups: StartRaw, caplog: pytest.LogCaptureFixture, how: str
+    keyhops: Keyhops, raw_upstream: StartRaw, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     caplog.set_level(logging.WARNING)
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(slow_upstream(0.3)), express=express)
+        served = await keyhops.start(await raw_upstream(slow_upstream(0.3)), express=express)
         await served.warm()
         await leave_after(served, how)
         await until(lambda s=served: len(s.lines) == 2)  # type: ignore[misc]
@@ -124,11 +88,11 @@ async def test_a_client_that_leaves_right_after_sending_is_logged_499_and_keyhop
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_a_client_that_leaves_is_the_same_to_the_upstream_and_the_log_lane_on_or_off(
-    keyhops: Keyhops, raw_ups: StartRaw, how: str
+    keyhops: Keyhops, raw_upstream: StartRaw, how: str
 ) -> None:
     runs = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(slow_upstream(0.3)), express=express)
+        served = await keyhops.start(await raw_upstream(slow_upstream(0.3)), express=express)
         await served.warm()
         await leave_after(served, how)
         await until(lambda s=served: len(s.lines) == 2)  # type: ignore[misc]
@@ -147,13 +111,13 @@ async def test_a_client_that_leaves_is_the_same_to_the_upstream_and_the_log_lane
 
 
 async def test_a_half_closed_client_gets_the_same_treatment_lane_on_or_off(
-    keyhops: Keyhops, raw_ups: StartRaw
+    keyhops: Keyhops, raw_upstream: StartRaw
 ) -> None:
     """shutdown(SHUT_WR) after a whole request (RFC 9112 9.6: the client is done sending,
     not necessarily done reading): lane on and off must do the same with it."""
     outcomes = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(slow_upstream(0.1)), express=express)
+        served = await keyhops.start(await raw_upstream(slow_upstream(0.1)), express=express)
         await served.warm()
         reader, writer = await served.connect()
         writer.write(get("/x"))
@@ -228,11 +192,11 @@ async def one_client(connect: Connect, rng: random.Random, n: int, leave: float 
 
 
 async def test_200_concurrent_lane_clients_leaving_at_random_leak_nothing(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool, caplog: pytest.LogCaptureFixture
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     rng = random.Random(16)
-    served = await keyhops.start(await raw_ups(jittery(rng)), express=express)
+    served = await keyhops.start(await raw_upstream(jittery(rng)), express=express)
     await served.warm()
     # 40 connections at once: the pool ends with that many idle, for the lane to take
     await asyncio.gather(

@@ -7,38 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, Served, access_fields, token_app
+from tests.lane_peers import Keyhops, Served, access_fields, keyhops
 from tests.test_hostile import answer, closed, refusal, send_until_answered
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, Wire, read_chunked, until
+from tests.test_upstream import (
+    Behaviour,
+    RawConn,
+    StartRaw,
+    Wire,
+    raw_upstream,
+    read_chunked,
+    until,
+)
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
 BIG = bytes(range(256)) * 400  # 100 KiB: over the lane's 64 KiB, so given back and streamed
 
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 def various(wire: Wire) -> bytes:
@@ -107,12 +94,12 @@ def expected(method: str, path: str, body: bytes) -> tuple[int, bytes]:
 
 
 async def test_a_pipeline_of_lane_and_given_back_requests_is_answered_in_order(
-    keyhops: Keyhops, raw_ups: StartRaw
+    keyhops: Keyhops, raw_upstream: StartRaw
 ) -> None:
     runs = []
     for express in (True, False):
         served = await keyhops.start(
-            await raw_ups(keep_answering(various)),
+            await raw_upstream(keep_answering(various)),
             express=express,
             refresh_on=[{"status": 401}],
         )
@@ -140,7 +127,7 @@ async def test_a_pipeline_of_lane_and_given_back_requests_is_answered_in_order(
 
 
 async def test_an_upload_pipelined_behind_a_lane_request_arrives_whole(
-    keyhops: Keyhops, raw_ups: StartRaw
+    keyhops: Keyhops, raw_upstream: StartRaw
 ) -> None:
     async def slow(conn: RawConn) -> None:
         while (wire := await conn.request()) is not None:
@@ -148,7 +135,7 @@ async def test_an_upload_pipelined_behind_a_lane_request_arrives_whole(
                 await asyncio.sleep(0.2)
             conn.writer.write(various(wire))
 
-    served = await keyhops.start(await raw_ups(slow), express=True)
+    served = await keyhops.start(await raw_upstream(slow), express=True)
     await served.warm()
     reader, writer = await served.connect()
     body = bytes(range(256)) * 8192  # 2 MiB, arriving while /slow is on the lane
@@ -167,7 +154,7 @@ async def test_an_upload_pipelined_behind_a_lane_request_arrives_whole(
 
 @pytest.mark.parametrize("express", [True, False], ids=["lane", "no-lane"])
 async def test_a_head_left_unfinished_behind_a_lane_request_is_cut_with_408_once_dribbled(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool
 ) -> None:
     """The next head starts while the lane serves /slow (no clock then: the wait is not
     the client's); dribbled on after the answer, it is cut at the head timeout."""
@@ -178,7 +165,7 @@ async def test_a_head_left_unfinished_behind_a_lane_request_is_cut_with_408_once
                 await asyncio.sleep(0.3)
             conn.writer.write(various(wire))
 
-    served = await keyhops.start(await raw_ups(slow), express=express, head_timeout=0.6)
+    served = await keyhops.start(await raw_upstream(slow), express=express, head_timeout=0.6)
     await served.warm()
     reader, writer = await served.connect()
     writer.write(b"GET /r/slow HTTP/1.1\r\nHost: k\r\n\r\nGET /r/x HTTP/1.1\r\n")
@@ -195,12 +182,12 @@ async def test_a_head_left_unfinished_behind_a_lane_request_is_cut_with_408_once
 
 
 async def test_given_back_answers_keep_the_client_connection_in_step(
-    keyhops: Keyhops, raw_ups: StartRaw
+    keyhops: Keyhops, raw_upstream: StartRaw
 ) -> None:
     """Sequential (not pipelined) requests alternating lane and give-back on one
     connection: every answer is the right one and whole."""
     served: Served = await keyhops.start(
-        await raw_ups(keep_answering(various)), express=True, refresh_on=[{"status": 401}]
+        await raw_upstream(keep_answering(various)), express=True, refresh_on=[{"status": 401}]
     )
     await served.warm()
     reader, writer = await served.connect()
@@ -219,7 +206,7 @@ async def test_given_back_answers_keep_the_client_connection_in_step(
     ids=["not-http", "control-byte", "bad-version"],
 )
 async def test_a_bad_request_pipelined_behind_a_lane_request_is_refused_after_its_answer(
-    keyhops: Keyhops, raw_ups: StartRaw, bad: bytes
+    keyhops: Keyhops, raw_upstream: StartRaw, bad: bytes
 ) -> None:
     async def slow(conn: RawConn) -> None:
         while (wire := await conn.request()) is not None:
@@ -229,7 +216,7 @@ async def test_a_bad_request_pipelined_behind_a_lane_request_is_refused_after_it
 
     runs = []
     for express in (True, False):
-        served = await keyhops.start(await raw_ups(slow), express=express)
+        served = await keyhops.start(await raw_upstream(slow), express=express)
         await served.warm()
         reader, writer = await served.connect()
         # (in one write with the good request, aiohttp's parser drops both for a 400)
@@ -257,7 +244,7 @@ HEAD_UNCLOCKED = (
 @pytest.mark.xfail(strict=True, reason=HEAD_UNCLOCKED)
 @pytest.mark.parametrize("express", [True, False], ids=["lane", "no-lane"])
 async def test_a_head_left_unfinished_behind_an_answer_is_cut_with_408_without_more_bytes(
-    keyhops: Keyhops, raw_ups: StartRaw, express: bool
+    keyhops: Keyhops, raw_upstream: StartRaw, express: bool
 ) -> None:
     """server.py: "a head dribbled or never finished is answered 408". The head starts
     while /slow is served (no clock then: the wait is not the client's), then nothing."""
@@ -268,7 +255,7 @@ async def test_a_head_left_unfinished_behind_an_answer_is_cut_with_408_without_m
                 await asyncio.sleep(0.3)
             conn.writer.write(various(wire))
 
-    served = await keyhops.start(await raw_ups(slow), express=express, head_timeout=0.5)
+    served = await keyhops.start(await raw_upstream(slow), express=express, head_timeout=0.5)
     await served.warm()
     reader, writer = await served.connect()
     writer.write(b"GET /r/slow HTTP/1.1\r\nHost: k\r\n\r\nGET /r/x HTTP/1.1\r\n")

@@ -17,9 +17,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import StartUpstream
-from tests.lane_peers import config, next_answer, token_app
+from tests.lane_peers import config, echo_path, next_answer, token_app
 from tests.support import KeyhopProcess, wait_healthy, write_config
-from tests.test_lane_hostile_clients import echo_path
 from tests.test_lane_hostile_leaving import jittery, one_client
 from tests.test_upstream import RawConn, RawUpstream, keep_alive
 

@@ -11,37 +11,14 @@ import asyncio
 import gc
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, token_app, tracebacks
+from tests.lane_peers import Keyhops, keyhops, tracebacks
 from tests.test_lane_hostile_leaving import get, took_them
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, until
+from tests.test_upstream import Behaviour, RawConn, StartRaw, raw_upstream, until
 
-StartRaw = Callable[[Behaviour], Awaitable[RawUpstream]]
-
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
-async def raw_ups() -> AsyncIterator[StartRaw]:
-    ups: list[RawUpstream] = []
-
-    async def start(behaviour: Behaviour) -> RawUpstream:
-        ups.append(await RawUpstream(behaviour).start())
-        return ups[-1]
-
-    yield start
-    for up in ups:
-        await up.stop()
+__all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
 # --- a client gone in the very loop turn the lane gives its request back --------------------------
@@ -72,7 +49,7 @@ def racing(client: socket.socket, go: asyncio.Event, given_back: bytes) -> Behav
 
 @pytest.mark.parametrize("given_back", list(GIVEN_BACK.values()), ids=list(GIVEN_BACK))
 async def test_a_client_gone_as_the_lane_gives_back_leaks_nothing(
-    keyhops: Keyhops, raw_ups: StartRaw, caplog: pytest.LogCaptureFixture, given_back: bytes
+    keyhops: Keyhops, raw_upstream: StartRaw, caplog: pytest.LogCaptureFixture, given_back: bytes
 ) -> None:
     """The client's FIN and the upstream's answer arrive together, the client's first (the
     test does both in one synchronous step, so keyhop's loop sees both in one turn)."""
@@ -81,7 +58,7 @@ async def test_a_client_gone_as_the_lane_gives_back_leaks_nothing(
         client = socket.socket()
         go = asyncio.Event()
         behave = racing(client, go, given_back)
-        served = await keyhops.start(await raw_ups(behave), express=express)
+        served = await keyhops.start(await raw_upstream(behave), express=express)
         await served.warm()
         client.setblocking(False)
         loop = asyncio.get_running_loop()

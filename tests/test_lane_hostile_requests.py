@@ -13,17 +13,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import TOKEN, Keyhops, token_app
+from tests.lane_peers import TOKEN, Keyhops, keyhops
 from tests.test_upstream import RawConn, RawUpstream, until
 
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
+__all__ = ["keyhops"]  # fixtures
 
 
 async def echo_ok(conn: RawConn) -> None:

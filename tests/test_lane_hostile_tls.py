@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tests.conftest import StartUpstream
-from tests.lane_peers import Keyhops, token_app
+from tests.lane_peers import Keyhops, keyhops
 from tests.lane_runs import Hostile, both, byte_by_byte, then_close, writes
 from tests.test_upstream import OK, Behaviour, RawConn, RawUpstream
 
 STALE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+
+__all__ = ["keyhops"]  # fixtures
 
 
 class TlsRawUpstream(RawUpstream):
@@ -36,14 +37,6 @@ class TlsRawUpstream(RawUpstream):
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
-
-
-@pytest.fixture
-async def keyhops(upstream: StartUpstream, ca_file: str) -> AsyncIterator[Keyhops]:
-    fetches: list[int] = []
-    started = Keyhops(await upstream(token_app(fetches)), fetches, ca_file)
-    yield started
-    await started.close()
 
 
 @pytest.fixture
