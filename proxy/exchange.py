@@ -33,7 +33,7 @@ from proxy.messages import dotted, parse_json
 from proxy.outbound import Outbound
 from proxy.providers import ResponseMatch
 from proxy.ratelimit import reset_time, retry_after_seconds
-from proxy.relay import SMALL_BODY, stream_back
+from proxy.relay import stream_back
 from proxy.runtime import Keyhop, ProviderRuntime
 from proxy.send import send
 from proxy.tokens import Credential
@@ -95,24 +95,20 @@ async def settle(
     provider, a refresh_on one drops the refused credential), and a small body of known
     length is read to its end, so its connection goes back to the pool. Releases `up`."""
     provider = prt.config
+    task = asyncio.current_task(kh.deadlines.loop)
+    assert task is not None
+    deadline = kh.deadlines.arm(provider.timeouts.read, task)
     try:
         if up.status not in prt.rule_statuses:
             length = up.headers.get(hdrs.CONTENT_LENGTH)
-            if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
-                try:
-                    await asyncio.wait_for(up.content.read(), provider.timeouts.read)
-                except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-                    pass  # not whole: released as not reusable
+            if length is not None and length.isdigit() and int(length) <= MAX_PEEK:
+                await _peek(kh, up, deadline)  # the whole body: the connection is reusable
             return
         peeked: Any = None
         if _needs_body(provider.throttle_on, up) or (
             credential is not None and _needs_body(provider.refresh_on, up)
         ):
-            try:
-                raw = await asyncio.wait_for(up.content.read(MAX_PEEK), provider.timeouts.read)
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-                raw = b""
-            peeked = parse_json(raw)
+            peeked, _ = await _peek(kh, up, deadline)
         if provider.throttle_on and _matches(provider.throttle_on, up, peeked):
             kh.metrics.throttle(provider.name, "upstream")
             until = reset_time(up.headers, kh.clock())
@@ -124,7 +120,10 @@ async def settle(
             and _matches(provider.refresh_on, up, peeked)
         ):
             await kh.manager.invalidate(provider, tenant, credential)
+    except (UpstreamTimeout, UpstreamUnreachable):
+        pass  # a body that went silent or was cut: nothing to match, nothing to reuse
     finally:
+        kh.deadlines.disarm(deadline)
         up.release()
 
 

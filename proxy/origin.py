@@ -57,12 +57,9 @@ class Origin:
                 raise
         else:
             self.busy += 1
-        idle = self.idle
-        while idle:
-            conn, _ = idle.pop()  # the most recent: the likeliest to be alive
-            if conn.is_connected() and not conn.should_close:
-                return conn, True
-            conn.close()
+        conn = self._pop_live()
+        if conn is not None:
+            return conn, True
         try:
             # through a proxy, the tunnel has its own limit (EgressError names the proxy);
             # this outer one is for the TLS handshake after it
@@ -76,11 +73,18 @@ class Origin:
         """An idle live connection with its slot, when one is free and nobody waits."""
         if self.busy >= self.limit or self.waiters:
             return None
+        conn = self._pop_live()
+        if conn is not None:
+            self.busy += 1
+        return conn
+
+    def _pop_live(self) -> CheckedResponseHandler | None:
+        """The most recent idle connection still alive (the likeliest to be); dead ones
+        met on the way are closed."""
         idle = self.idle
         while idle:
             conn, _ = idle.pop()
             if conn.is_connected() and not conn.should_close:
-                self.busy += 1
                 return conn
             conn.close()
         return None
