@@ -78,29 +78,30 @@ class GuardedRequestHandler(RequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._messages and not self._express_busy:
-            waiter = self._waiter
-            if waiter is None or waiter.done() or self._force_close or self._close:
-                return  # start() is busy, or woken, or the connection is closing
-            message, payload = self._messages[0]
-            express = self.express
-            if (
-                express is not None
-                and payload is EMPTY_PAYLOAD
-                and not isinstance(message, _ErrInfo)
-                and not self.writing_paused
-                and self.transport is not None
-                and express(self, message)
-            ):
-                # (the parser's count of queued messages keeps it until express_done(): a
-                # message given back is counted off by start() when it takes it)
-                self._messages.popleft()
-                if self._manager is not None:
-                    self._manager.requests_count += 1
-                self._express_busy = self._request_in_progress = True
-                return
-            waiter.set_result(None)
+        """The first queued request to the lane, or start() woken for it."""
+        if not self._messages or self._express_busy:
             return
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._force_close or self._close:
+            return  # start() is busy, or woken, or the connection is closing
+        message, payload = self._messages[0]
+        express = self.express
+        if (
+            express is not None
+            and payload is EMPTY_PAYLOAD
+            and not isinstance(message, _ErrInfo)
+            and not self.writing_paused
+            and self.transport is not None
+            and express(self, message)
+        ):
+            # (the parser's count of queued messages keeps it until express_done(): a
+            # message given back is counted off by start() when it takes it)
+            self._messages.popleft()
+            if self._manager is not None:
+                self._manager.requests_count += 1
+            self._express_busy = self._request_in_progress = True
+            return
+        waiter.set_result(None)
 
     def express_done(self, keep_alive: bool) -> None:
         """The lane wrote its answer (or the client went away): as start() does after a

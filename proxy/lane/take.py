@@ -111,25 +111,22 @@ class Lane:
                 return False
             source = "memory"
         upstream = route.upstream
+        taken = kh.upstreams.idle_connection(
+            upstream, prt.ssl, proxy_for(provider.egress, upstream.scheme, upstream.host)
+        )
+        if taken is None:
+            return False  # (before building the request: the pipeline would build it again)
+        origin, conn = taken
         sending = clean_request_headers(headers, keep_authorization=provider.passes_client_auth)
         path = upstream.base_path + match.path or "/"
         try:  # what Injector.build adds, added to this request's own copy
             query = prt.inject.add(
                 method, upstream, path, match.query, sending, None, credential, tenant, now
             )
-        except ProxyError:
-            return False
-        taken = kh.upstreams.idle_connection(
-            upstream, prt.ssl, proxy_for(provider.egress, upstream.scheme, upstream.host)
-        )
-        if taken is None:
-            return False
-        origin, conn = taken
-        try:
             head = request_head(
                 origin, method, path if query is None else f"{path}?{query}", sending
             )
-        except UnsafeHeader:
+        except (ProxyError, UnsafeHeader):
             origin.release(conn, True)
             return False
         limit = provider.rate_limit
