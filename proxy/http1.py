@@ -27,6 +27,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from aiohttp import hdrs
+from multidict import istr
+
 #: the largest response head accepted; aiohttp's own limits are per line (8190 bytes)
 MAX_RESPONSE_HEAD: Final = 128 * 1024
 
@@ -128,3 +131,118 @@ def _check_framing(minor: bytes, fields: list[tuple[bytes, bytes]]) -> None:
             raise _bad("a Transfer-Encoding other than chunked")
         if lengths:
             raise _bad("both Transfer-Encoding and Content-Length")
+
+
+#: A plain answer (the express lane relays it as it came, bar the lines keyhop drops):
+#: HTTP/1.1, a reason phrase, and every field line in the form aiohttp writes back
+#: (`Name: value`, one space, no whitespace around the value, printable ASCII). Anything
+#: else goes through aiohttp's parser and the checks above, so this is a subset of them.
+_PLAIN: Final = re.compile(
+    rb"HTTP/1\.1 ([0-9]{3}) [\x21-\x7e](?:[\x20-\x7e]*+(?<! ))?\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: (?:[\x21-\x7e](?:[\x20-\x7e]*+(?<! ))?)?\r\n)*+\r\n"
+)
+#: the fields of a plain head that keyhop does not relay as they are: hop-by-hop ones and
+#: Content-Length, which the relayed head states itself (headers.py's _RESPONSE_OWN)
+_OWN: Final[frozenset[bytes]] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+_OWN_LINE: Final = re.compile(
+    rb"\r\n(?:" + b"|".join(sorted(_OWN)) + rb"): [^\r]*",
+    re.IGNORECASE,
+)
+_FIELD: Final = re.compile(rb"\r\n([^:]*): ([^\r]*)")
+_NAME_AT: Final = re.compile(rb"\r\n([^:]*):")
+_DATE_LINE: Final = re.compile(rb"\r\ndate: ", re.IGNORECASE)
+#: aiohttp's parser spells the field names it knows (aiohttp.hdrs) its own way, whatever
+#: case they came in, and the pipeline relays them so: a plain head is respelled alike
+_KNOWN: Final = {
+    str(name).lower().encode(): str(name).encode()
+    for name in vars(hdrs).values()
+    if isinstance(name, istr)
+}
+#: aiohttp's parser refuses an answer with this field (a pre-RFC 6455 WebSocket draft)
+_REFUSED: Final = b"sec-websocket-key1"
+#: names that need no second look: known, spelled aiohttp's way, relayed as they are
+_AS_THEY_ARE: Final = frozenset(v for k, v in _KNOWN.items() if k not in _OWN and k != _REFUSED)
+#: aiohttp's parser refuses a head with more fields than this (set_response_params)
+_MAX_FIELDS: Final = 128
+
+
+def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
+    """A whole plain answer in `data` and nothing after it: its status code, its head as
+    the pipeline relays it (blank line, Content-Length and Date not yet added) and where
+    its body starts; None when the answer is not that (aiohttp's parser takes it then).
+
+    Plain means: the head above (_PLAIN), within aiohttp's limits, a final status that has
+    a body, one Content-Length of at
+    most `largest` and equal to the bytes that follow the head, and of the hop-by-hop
+    fields only `Connection: keep-alive` and Keep-Alive (so no field is named by
+    Connection)."""
+    end = data.find(b"\r\n\r\n", 0, 8192)
+    if end == -1:
+        return None
+    end += 4
+    head = _PLAIN.fullmatch(data, 0, end)
+    if head is None:
+        return None
+    code = int(head.group(1))
+    if code < 200 or code == 204 or code == 304:
+        return None  # no body (RFC 9112 6.3), or an interim answer
+    fields = _FIELD.findall(data, 0, end - 2)
+    if len(fields) > _MAX_FIELDS:
+        return None
+    length = -1
+    dropped = 0  # fields not relayed as they are, Content-Length among them
+    respell = False
+    for name, value in fields:
+        if name in _AS_THEY_ARE:
+            continue
+        lower = name.lower()
+        if lower == b"content-length":
+            if length != -1 or not value.isdigit() or len(value) > 9:
+                return None
+            length = int(value)
+            dropped += 1
+            stated = name
+        elif lower in _OWN:
+            if not (
+                lower == b"keep-alive"
+                or (lower == b"connection" and value.lower() == b"keep-alive")
+            ):
+                return None
+            dropped += 1
+        elif lower in _KNOWN:
+            if lower == _REFUSED:
+                return None
+            respell = True
+    if length == -1 or length > largest or len(data) - end != length:
+        return None
+    if dropped == 1:  # the usual head: only Content-Length to cut
+        cut = data.find(b"\r\n" + stated + b": ", 0, end)
+        relayed = data[:cut] + data[data.find(b"\r\n", cut + 2) : end - 4]
+    else:
+        relayed = _OWN_LINE.sub(b"", data[: end - 4])
+    if respell:
+        relayed = _NAME_AT.sub(_respell, relayed)
+    return code, relayed, end
+
+
+def _respell(found: re.Match[bytes]) -> bytes:
+    name = found.group(1)
+    return b"\r\n" + _KNOWN.get(name.lower(), name) + b":"
+
+
+def has_date(head: bytes) -> bool:
+    return _DATE_LINE.search(head) is not None

@@ -208,6 +208,9 @@ async def test_hook_whole_body_and_listener_take_an_answer_without_read() -> Non
         def failed(self, exc: BaseException) -> None:
             taken.append(exc)
 
+        def whole(self, data: bytes) -> bool:
+            return False  # declined: aiohttp's parser reads the answer
+
     conn = CheckedResponseHandler(asyncio.get_running_loop())
     conn.expect_answer(skip_payload=False)
     conn.listener = Listener()
@@ -217,6 +220,44 @@ async def test_hook_whole_body_and_listener_take_an_answer_without_read() -> Non
     conn.connection_lost(None)  # with the listener still set: a failure, not a queued error
     assert isinstance(taken[-1], ServerDisconnectedError)
     assert conn.listener is None and conn.should_close
+
+
+async def test_hook_listener_whole_takes_an_answer_past_aiohttps_parser() -> None:
+    """`whole` sees the answer's first segment before aiohttp's parser: taken, the parser
+    never sees it (it reads the next answer from the start); a request sent from inside
+    `whole` keeps its own head check; bytes after a taken answer make the connection
+    not reusable."""
+    conn = CheckedResponseHandler(asyncio.get_running_loop())
+    seen: list[bytes] = []
+
+    class Listener:
+        def answer(self, message: Any, payload: Any) -> None:
+            raise AssertionError("a taken answer reached aiohttp's parser")
+
+        def failed(self, exc: BaseException) -> None:
+            raise AssertionError(exc)
+
+        def whole(self, data: bytes) -> bool:
+            seen.append(data)
+            conn.listener = None
+            if len(seen) == 1:  # the next request goes out before this one returns
+                conn.expect_answer(skip_payload=False)
+            return True
+
+    conn.expect_answer(skip_payload=False)
+    conn.listener = Listener()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert seen == [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+    assert not conn.should_close
+    conn.data_received(b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx")
+    message, payload = await conn.read()  # the second answer: parsed from its start
+    assert (message.code, await payload.read()) == (201, b"x")
+    conn.expect_answer(skip_payload=False)
+    conn.listener = Listener()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert not conn.should_close
+    conn.data_received(b"stray")
+    assert conn.should_close
 
 
 async def test_hook_express_take_finish_and_give_back_around_a_parked_start() -> None:

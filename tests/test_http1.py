@@ -280,3 +280,152 @@ def test_a_line_of_blanks_near_the_head_limit_is_checked_in_linear_time(head: by
     except BadUpstreamAnswer:
         pass
     assert time.perf_counter() - started < 0.5
+
+
+# -- plain answers: the express lane's relay without aiohttp's parser -----------------------
+
+_PLAIN_NAMES = (
+    b"Content-Type",
+    b"content-type",
+    b"CONTENT-TYPE",
+    b"Date",
+    b"date",
+    b"Server",
+    b"X-RateLimit-Remaining",
+    b"x-ratelimit-remaining",
+    b"X-Request-Id",
+    b"x-custom",
+    b"ETag",
+    b"etag",
+    b"Set-Cookie",
+    b"Vary",
+    b"Keep-Alive",
+    b"Connection",
+    b"connection",
+    b"Transfer-Encoding",
+    b"Upgrade",
+    b"TE",
+    b"Trailer",
+    b"Proxy-Authenticate",
+    b"Sec-WebSocket-Key1",
+    b"Content-Length",
+    b"X-Keyhop-Note",
+)
+_PLAIN_VALUES = (
+    b"text/plain",
+    b"a, b",
+    b"",
+    b" lead",
+    b"trail ",
+    b"in\tside",
+    b"keep-alive",
+    b"close",
+    b"Keep-Alive",
+    b"chunked",
+    b"5",
+    b"caf\xc3\xa9",
+    b"x" * 40,
+    b"X-Custom",
+)
+
+
+def _plain_case(rng: random.Random) -> bytes:
+    status = rng.choice(
+        [
+            b"HTTP/1.1 200 OK",
+            b"HTTP/1.1 404 Not Found",
+            b"HTTP/1.1 200",
+            b"HTTP/1.0 200 OK",
+            b"HTTP/1.1 204 No Content",
+            b"HTTP/1.1 100 Continue",
+            b"HTTP/1.1 201 Created ",
+            b"HTTP/1.1 500 Internal Server Error",
+            b"HTTP/1.1 299 x",
+        ]
+    )
+    body = b"b" * rng.choice([0, 2, 7, 300])
+    lines = [status]
+    usual = rng.random() < 0.5  # mostly what the lane takes, with the odd part in between
+    for _ in range(rng.randrange(0, 7)):
+        name = rng.choice(_PLAIN_NAMES[:13] if usual else _PLAIN_NAMES)
+        value = rng.choice(_PLAIN_VALUES[:2] if usual else _PLAIN_VALUES)
+        if name.lower() == b"content-length":
+            value = rng.choice([str(len(body)).encode(), str(len(body) + 1).encode(), b"0"])
+        sep = b": " if usual else rng.choice([b": ", b": ", b": ", b":", b":  "])
+        lines.append(name + sep + value)
+    if rng.random() < 0.8:
+        lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: %d" % len(body))
+    tail = b"" if usual else rng.choice([b"", b"", b"", b"X", b"HTTP/1.1 200 OK\r\n"])
+    cut = not usual and rng.random() < 0.1
+    data = b"\r\n".join(lines) + b"\r\n\r\n" + body + tail
+    return data[:-1] if cut and data else data
+
+
+def test_a_plain_answer_is_relayed_as_aiohttps_parser_and_the_pipeline_would_relay_it() -> None:
+    """The oracle is aiohttp's own parser (which reads every answer plain_answer declines)
+    and the pipeline's clean-and-serialize: whatever plain_answer takes, the parser reads as
+    one whole kept-alive answer with that code and body, check_response_head accepts, and
+    the relayed head is the pipeline's byte for byte (Content-Length and Date aside)."""
+    from aiohttp.http_parser import HttpResponseParser
+
+    from proxy.aiohttp_private import serialize_headers
+    from proxy.headers import clean_response_headers
+    from proxy.http1 import plain_answer
+
+    class Reader:
+        _reading_paused = False
+
+        def pause_reading(self) -> None: ...
+        def resume_reading(self, resume_parser: bool = True) -> None: ...
+
+    loop = asyncio.new_event_loop()
+    rng = random.Random(16)
+    taken = 0
+    try:
+        for _ in range(FUZZ_CASES * 10):
+            data = _plain_case(rng)
+            plain = plain_answer(data, 256)
+            if plain is None:
+                continue
+            taken += 1
+            code, relayed, end = plain
+            assert check_response_head(data[:end]) == code, data
+            parser = HttpResponseParser(Reader(), loop, 2**16, read_until_eof=True)
+            messages, upgraded, tail = parser.feed_data(data)
+            assert len(messages) == 1 and not upgraded and not tail, data
+            message, payload = messages[0]
+            assert message.code == code and not message.should_close, data
+            assert not message.chunked and 200 <= code and len(data) - end <= 256, data
+            assert payload.is_eof() and b"".join(payload._buffer) == data[end:], data
+            pipeline = serialize_headers(
+                f"HTTP/1.1 {code} {message.reason}", clean_response_headers(message.headers)
+            )
+            assert relayed + b"\r\n\r\n" == pipeline, data
+    finally:
+        loop.close()
+    assert taken > FUZZ_CASES // 2  # the usual answer is taken: the lane's fast path
+
+
+def test_the_usual_answers_are_plain() -> None:
+    from proxy.http1 import plain_answer
+
+    usual = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Date: Fri, 04 Dec 2026 03:15:28 GMT\r\nServer: nginx\r\nConnection: keep-alive\r\n"
+        b"X-RateLimit-Remaining: 9\r\n\r\n{}"
+    )
+    assert plain_answer(usual, 64) == (
+        200,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Date: Fri, 04 Dec 2026 03:15:28 GMT\r\nServer: nginx\r\nX-RateLimit-Remaining: 9",
+        len(usual) - 2,
+    )
+    envoy = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+    assert plain_answer(envoy, 64) == (
+        200,
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain",
+        len(envoy) - 2,
+    )
+    assert plain_answer(usual, 1) is None  # over the size the lane relays whole
+    assert plain_answer(usual[:-1], 64) is None  # not all here yet
+    assert plain_answer(usual + b"HTTP/1.1", 64) is None  # bytes after its end

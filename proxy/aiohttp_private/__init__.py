@@ -34,7 +34,9 @@ Hooks:
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
   kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.
 - `CheckedResponseHandler.feed_data` / `set_exception` (DataQueue): a parsed answer or a
-  failure goes to the express lane's listener instead of the queue `read()` waits on.
+  failure goes to the express lane's listener instead of the queue `read()` waits on; the
+  listener's `whole` may take a plain answer before `ResponseHandler.data_received` and its
+  parser see it (the parser then reads the next answer from its start).
 - `rfc822_formatted_time` (aiohttp.helpers): the Date header aiohttp's responses carry.
 - `StreamResponse._prepare_headers` (aiohttp.web_response): `RelayedResponse` and
   `RelayedStreamResponse` take out the default Content-Type and the Server header aiohttp

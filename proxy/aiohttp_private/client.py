@@ -24,6 +24,10 @@ class AnswerListener(Protocol):
 
     def answer(self, message: RawResponseMessage, payload: StreamReader) -> None: ...
     def failed(self, exc: BaseException) -> None: ...
+    def whole(self, data: bytes) -> bool:
+        """The first bytes of the answer: True when the listener took them as the whole
+        answer (aiohttp's parser never sees them, and stays at the start of a message)."""
+        ...
 
 
 class CheckedResponseHandler(ResponseHandler):
@@ -86,6 +90,14 @@ class CheckedResponseHandler(ResponseHandler):
 
     def data_received(self, data: bytes) -> None:
         if self._head is not None and data:
+            listener = self.listener
+            if listener is not None and not self._head:
+                # the answer's end, if the listener takes it whole: set first, as the listener
+                # may send the next request on this connection before it returns
+                self._head, self._ended = None, True
+                if listener.whole(data):
+                    return
+                self.expect_head()
             try:
                 self._check(data)
             except BadUpstreamAnswer as exc:

@@ -7,9 +7,11 @@ whose credential is in memory, answered by the upstream with a small body of kno
 and a status no rule looks at. For those, the lane does the pipeline's work (forward.py)
 in two callbacks: when aiohttp's parser has the request head, it checks the gate, picks the
 route, builds the Outbound exactly as the pipeline does (outbound.py) and writes it on an
-idle pooled connection; when the upstream's parser has the answer, it writes the relayed
-answer (relay.py's small-body case, byte for byte: the upstream's cleaned headers,
-Content-Length, Date) and the access line.
+idle pooled connection; when the answer has arrived, it writes the relayed answer
+(relay.py's small-body case, byte for byte: the upstream's cleaned headers, Content-Length,
+Date) and the access line. A plain answer whole in one segment (http1.plain_answer: the
+usual one) is relayed from its bytes without aiohttp's parser; any other goes through the
+parser, and is relayed from the parsed message or given back.
 
 Rules, each with a test in tests/test_lane*.py:
 - The lane takes a request only when nothing can make it wait: no body, no Expect or

@@ -26,7 +26,7 @@ from proxy.errors import ProxyError, UpstreamTimeout
 from proxy.exchange import settle
 from proxy.handover import Handover
 from proxy.headers import all_ascii, clean_response_headers, serialize_obs_text
-from proxy.http1 import BadUpstreamAnswer
+from proxy.http1 import BadUpstreamAnswer, has_date, plain_answer
 from proxy.origin import Origin
 from proxy.relay import SMALL_BODY
 from proxy.routing import Route
@@ -157,7 +157,32 @@ class Trip:
         except ValueError:  # (UnrelayableHeader among them): forward.py says why
             self._give_back_answer(message, payload)
             return
-        # all of it is here: the connection goes back before the client reads
+        self._relay(code, (head, body), len(body))
+
+    def whole(self, data: bytes) -> bool:
+        """The usual answer, whole in its first segment: relayed as it came, without
+        aiohttp's parser (http1.plain_answer: the same bytes as `_answer` would write);
+        False leaves it to aiohttp's parser and `answer`."""
+        try:
+            plain = plain_answer(data, SMALL_BODY)
+            if plain is None:
+                return False
+            code, head, end = plain
+            if code in self.prt.rule_statuses:
+                return False
+            self.conn.listener = None
+            length = len(data) - end
+            if has_date(head):
+                tail = f"\r\nContent-Length: {length}\r\n\r\n"
+            else:
+                tail = f"\r\nContent-Length: {length}\r\nDate: {rfc822_formatted_time()}\r\n\r\n"
+            self._relay(code, (head, tail.encode(), memoryview(data)[end:]), length)
+        except Exception as exc:
+            self._broke(exc)
+        return True
+
+    def _relay(self, code: int, parts: tuple[bytes | memoryview, ...], length: int) -> None:
+        """All of the answer is here: the connection goes back before the client reads."""
         self.origin.release(self.conn, True)
         self.written = True  # (from here on, nothing may be given back)
         upstream_ms = self._upstream_ms()
@@ -165,10 +190,10 @@ class Trip:
         if self.gone or transport is None:
             self._finish(499, upstream_ms, aborted=True)
             return
-        if len(body) < 16384:
-            transport.write(head + body)  # one segment; a copy is cheap here
+        if length < 16384:
+            transport.write(b"".join(parts))  # one segment; a copy is cheap here
         else:
-            transport.writelines((head, body))
+            transport.writelines(parts)
         if self.protocol.writing_paused:
             self.lane.watch_unread(self.protocol)
         self.lane.kh.metrics.express_served += 1
