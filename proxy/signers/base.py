@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final, NamedTuple, Protocol
 
 from proxy.headers import CONTROL_CHARS
 from proxy.schema import Node, Secret
@@ -34,9 +34,9 @@ class UnsafeSignature(ValueError):
     nothing is sent (the request path answers 502 credential_error)."""
 
 
-@dataclass(frozen=True, slots=True)
-class SignRequest:
-    """The frozen outbound request as a signer sees it (everything exactly as sent)."""
+class SignRequest(NamedTuple):
+    """The frozen outbound request as a signer sees it (everything exactly as sent). A
+    NamedTuple, not a frozen dataclass: built on every signed request, it costs a third."""
 
     method: str
     scheme: str
@@ -65,9 +65,9 @@ class SignRequest:
         return ", ".join(found) if found else None
 
 
-@dataclass(frozen=True, slots=True)
-class SignContext:
-    """Per request: the time, the credential and, for vectors, a fixed nonce and timestamp."""
+class SignContext(NamedTuple):
+    """Per request: the time, the credential and, for vectors, a fixed nonce and timestamp
+    (a NamedTuple, as SignRequest)."""
 
     now: float
     token: str = ""
