@@ -1,6 +1,8 @@
 """Credentials per provider and tenant: memory first, then the store, then the provider.
 
-- The hot path is one TLRUCache lookup (entries vanish at their real expiry).
+- The hot path is one dict lookup: a credential read once is answered from `hot` until it
+  is due for renewal or a store check; behind it, a TLRUCache (entries vanish at their
+  real expiry).
 - Inside the renewal margin (SPEC 4.4) the current token keeps serving while one
   background task renews it.
 - One fetch per key at a time: an asyncio.Lock in this process (check, lock, re-check) and
@@ -20,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cachetools import TLRUCache
 
@@ -53,6 +55,24 @@ def _ttu(_key: Key, credential: Credential, _now: float) -> float:
     return math.inf if credential.expires_at is None else credential.expires_at
 
 
+class _Credentials(TLRUCache[Key, Credential]):
+    """The cache, and `hot`: per key read since it last changed, its credential and until
+    when in_memory may answer with it without another look (a TLRUCache lookup is a tenth
+    of the express lane's request). Any change to a key drops its hot entry."""
+
+    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
+        super().__init__(maxsize, ttu=_ttu, timer=clock)
+        self.hot: dict[Key, tuple[Credential, float]] = {}
+
+    def __setitem__(self, key: Key, value: Credential, *args: Any) -> None:
+        self.hot.pop(key, None)
+        super().__setitem__(key, value, *args)
+
+    def __delitem__(self, key: Key, *args: Any) -> None:
+        self.hot.pop(key, None)
+        super().__delitem__(key, *args)
+
+
 class CredentialManager:
     def __init__(
         self,
@@ -69,7 +89,7 @@ class CredentialManager:
         self._runner = runner
         self._clock = clock
         self._observer = observer
-        self._cache: TLRUCache[Key, Credential] = TLRUCache(maxsize, ttu=_ttu, timer=clock)
+        self._cache = _Credentials(maxsize, clock)
         self._locks: dict[Key, _KeyLock] = {}
         self._renewing: dict[Key, asyncio.Task[None]] = {}
         self._refused: dict[Key, str] = {}  # the last token an upstream refused, per key
@@ -90,14 +110,25 @@ class CredentialManager:
         """get()'s answer when it needs no I/O (the credential is in memory), else None.
         Starts the same background renewal or store check as get()."""
         key = (provider.name, tenant or "")
+        now = self._clock()
+        hot = self._cache.hot.get(key)
+        if hot is not None and now < hot[1]:
+            return hot[0]
         credential = self._cache.get(key)
         if credential is not None:
-            now = self._clock()
-            if now >= credential.renew_at():
+            renew_at = credential.renew_at()
+            if now >= renew_at:
                 self._renew_in_background(provider, tenant, credential)
-            elif now - self._checked.get(key, 0.0) >= RECHECK:
-                self._checked[key] = now
-                self._recheck_in_background(provider, tenant, credential)
+            else:
+                checked = self._checked.get(key, 0.0)
+                if now - checked >= RECHECK:
+                    self._checked[key] = checked = now
+                    self._recheck_in_background(provider, tenant, credential)
+                hot_keys = self._cache.hot
+                if len(hot_keys) >= self._cache.maxsize:
+                    hot_keys.clear()
+                # (renew_at is before the expiry: the TLRUCache would still hold it)
+                hot_keys[key] = (credential, min(renew_at, checked + RECHECK))
         return credential
 
     async def invalidate(

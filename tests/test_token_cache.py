@@ -14,7 +14,7 @@ from proxy.auth import CredentialFlow
 from proxy.config import ProviderConfig
 from proxy.errors import CredentialError, NotConnected
 from proxy.store import MemoryStore
-from proxy.token_cache import CredentialManager
+from proxy.token_cache import RECHECK, CredentialManager
 from proxy.tokens import Credential
 from tests.conftest import make_config
 from tests.support import Clock
@@ -199,3 +199,50 @@ async def test_a_refused_renew_keeps_the_current_credential_in_use(clock: Clock)
     assert failure is not None and "invalid_client" in failure
     assert kept.token == first.token == "tok-1"
     assert (await manager.get(cc, "shop-1"))[0].token == "tok-1"  # still served
+
+
+# -- the in-memory answer (the express lane's) -------------------------------------------------
+
+
+async def test_a_credential_answered_from_memory_is_dropped_with_its_key_when_refused(
+    clock: Clock,
+) -> None:
+    runner = Runner(clock)
+    manager = CredentialManager(CountingStore(clock), runner, clock=clock)
+    cc = provider("client_credentials")
+    first, _ = await manager.get(cc, "shop-1")
+    assert manager.in_memory(cc, "shop-1") is first
+    assert manager.in_memory(cc, "shop-1") is first  # again, from the hot entry
+    await manager.invalidate(cc, "shop-1", first)
+    assert manager.in_memory(cc, "shop-1") is None
+    fresh, source = await manager.get(cc, "shop-1")
+    assert (fresh.token, source) == ("tok-2", "fetched")
+    assert manager.in_memory(cc, "shop-1") is fresh
+
+
+async def test_the_in_memory_answer_still_renews_in_the_margin_and_rechecks_the_store(
+    clock: Clock,
+) -> None:
+    store = CountingStore(clock)
+    runner = Runner(clock)
+    manager = CredentialManager(store, runner, clock=clock)
+    cc = provider("client_credentials")
+    first, _ = await manager.get(cc, "shop-1")
+    assert manager.in_memory(cc, "shop-1") is first
+    # another process rotates the stored token: seen at the next store check (RECHECK s)
+    rotated = Credential("rotated", clock() + 3600, clock())
+    await store.put("p", "shop-1", rotated)
+    assert manager.in_memory(cc, "shop-1") is first
+    clock.advance(RECHECK)
+    assert manager.in_memory(cc, "shop-1") is first  # served while the store is read
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert manager.in_memory(cc, "shop-1") is not None
+    assert manager.in_memory(cc, "shop-1").token == "rotated"  # type: ignore[union-attr]
+    # inside the renewal margin: served, and renewed in the background
+    clock.advance(3600 - 30)
+    assert manager.in_memory(cc, "shop-1").token == "rotated"  # type: ignore[union-attr]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert runner.calls == 2
+    assert manager.in_memory(cc, "shop-1").token == "tok-2"  # type: ignore[union-attr]
