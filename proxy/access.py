@@ -33,9 +33,18 @@ class AccessInfo:
 
 _str = json.encoder.encode_basestring_ascii
 
+#: keyhop's own words (routes, providers, credential sources, error codes: a set the config
+#: bounds) as JSON, encoded once
+_WORDS: dict[str | None, str] = {None: "null"}
+
 
 def _json_or_null(value: str | None) -> str:
-    return "null" if value is None else _str(value)
+    word = _WORDS.get(value)
+    if word is None:
+        word = _str(value)  # type: ignore[arg-type]  # (None is in _WORDS)
+        if len(_WORDS) < 4096:
+            _WORDS[value] = word
+    return word
 
 
 def log_access(
@@ -46,10 +55,10 @@ def log_access(
     that is redacted (route, provider, credential and error are keyhop's own words)."""
     redact = kh.runtime.redact
     path, _, query = target.partition("?")
-    tenant = info.tenant and redact(info.tenant)
+    tenant = "null" if info.tenant is None else _str(redact(info.tenant))
     line = (
         f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
-        f'"provider":{_json_or_null(info.provider)},"tenant":{_json_or_null(tenant)},'
+        f'"provider":{_json_or_null(info.provider)},"tenant":{tenant},'
         f'"method":{_str(redact(method))},"path":{_str(redact(path))},"status":{status},'
         f'"duration_ms":{(time.perf_counter() - (info.began or started)) * 1000:.3f},'
         f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
@@ -59,7 +68,7 @@ def log_access(
         keys = sorted({redact(p.partition("=")[0]) for p in query.split("&") if p})
         line += ',"query_keys":[' + ",".join(map(_str, keys)) + "]"
     if info.error:
-        line += f',"error":{_str(info.error)}'
+        line += f',"error":{_json_or_null(info.error)}'
     if info.aborted:
         line += ',"aborted":true'
     kh.access_log(line + "}")

@@ -56,21 +56,21 @@ def setup_logging(level: str = "info") -> JsonFormatter:
     return formatter
 
 
-def chunks(lines: list[str], limit: int = PIPE_BUF) -> list[bytes]:
-    """`lines` as newline-terminated blocks of whole lines, each at most `limit` bytes
-    (a single longer line is a block of its own)."""
-    out: list[bytes] = []
-    block: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode("utf-8", "surrogateescape") + b"\n"
-        if block and size + len(data) > limit:
-            out.append(b"".join(block))
-            block, size = [], 0
-        block.append(data)
-        size += len(data)
-    if block:
-        out.append(b"".join(block))
+def chunks(data: bytes, limit: int = PIPE_BUF) -> list[memoryview]:
+    """`data` (newline-terminated lines) as blocks of whole lines, each at most `limit`
+    bytes (a single longer line is a block of its own)."""
+    out: list[memoryview] = []
+    view = memoryview(data)
+    start, size = 0, len(data)
+    while start < size:
+        end = start + limit
+        if end >= size:
+            end = size
+        else:
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut != -1 else data.find(b"\n", end) + 1 or size
+        out.append(view[start:end])
+        start = end
     return out
 
 
@@ -97,17 +97,17 @@ class AccessWriter:
             self._fd = None  # an in-memory stream (tests): written through
         self._interval = interval
         self._max = max_bytes
-        self._lines: list[str] = []
-        self._size = 0
+        self._buffer = bytearray()  # encoded as they come: a list of str cost more to flush
         self._timer: asyncio.TimerHandle | None = None
         self._prefix = None if pid is None else f'{{"pid":{pid},'
 
     def __call__(self, line: str) -> None:
         if self._prefix is not None and line.startswith("{"):
             line = self._prefix + line[1:]
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= self._max:
+        buffer = self._buffer
+        buffer += line.encode("utf-8", "surrogateescape")
+        buffer += b"\n"
+        if len(buffer) >= self._max:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
@@ -116,16 +116,16 @@ class AccessWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._lines:
+        if not self._buffer:
             return
-        lines, self._lines, self._size = self._lines, [], 0
+        data = bytes(self._buffer)
+        self._buffer.clear()
         if self._fd is None:
-            for block in chunks(lines):
-                self._stream.write(block.decode("utf-8", "surrogateescape"))
+            for block in chunks(data):
+                self._stream.write(str(block, "utf-8", "surrogateescape"))
                 self._stream.flush()
             return
         self._stream.flush()  # what logging left in the stream's buffer goes first
-        for block in chunks(lines):
-            view = memoryview(block)
+        for view in chunks(data):
             while view:  # a blocking fd writes it whole; a short write only on a signal
                 view = view[os.write(self._fd, view) :]

@@ -37,14 +37,31 @@ class Secret:
 
 
 class Redactor:
-    """Replaces every given secret in a text: the last guard before a log line or a body."""
+    """Replaces every given secret in a text: the last guard before a log line or a body.
+
+    Short texts seen again (a method, a path asked for again) are answered from a memo: the
+    access log redacts them on every request."""
+
+    MEMO_TEXT: Final = 256  # longer texts are not kept
+    MEMO_SIZE: Final = 4096  # entries; the memo starts over when full
 
     def __init__(self, secrets: Iterable[str]) -> None:
         ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._memo: dict[str, str] = {}
 
     def __call__(self, text: str) -> str:
-        return text if self._pattern is None else self._pattern.sub("***", text)
+        if self._pattern is None:
+            return text
+        memo = self._memo
+        done = memo.get(text)
+        if done is None:
+            done = self._pattern.sub("***", text)
+            if len(text) <= self.MEMO_TEXT:
+                if len(memo) >= self.MEMO_SIZE:
+                    memo.clear()
+                memo[text] = done
+        return done
 
 
 class Problems:

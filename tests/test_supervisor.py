@@ -394,7 +394,7 @@ async def test_serve_workers_2_with_a_memory_store_exits_2_naming_both(tmp_path:
 
 def test_access_lines_are_written_in_whole_line_blocks_of_at_most_pipe_buf() -> None:
     lines = [f'{{"n":{i},"pad":"{"y" * (i % 700)}"}}' for i in range(500)] + ["z" * 5000]
-    blocks = chunks(lines)
+    blocks = [bytes(block) for block in chunks(("\n".join(lines) + "\n").encode())]
     assert b"".join(blocks) == ("\n".join(lines) + "\n").encode()
     for block in blocks[:-1]:
         assert len(block) <= PIPE_BUF and block.endswith(b"\n")
