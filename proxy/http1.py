@@ -164,7 +164,6 @@ _OWN_LINE: Final = re.compile(
 )
 _FIELD: Final = re.compile(rb"\r\n([^:]*): ([^\r]*)")
 _NAME_AT: Final = re.compile(rb"\r\n([^:]*):")
-_DATE_LINE: Final = re.compile(rb"\r\ndate: ", re.IGNORECASE)
 #: aiohttp's parser spells the field names it knows (aiohttp.hdrs) its own way, whatever
 #: case they came in, and the pipeline relays them so: a plain head is respelled alike
 _KNOWN: Final = {
@@ -242,7 +241,3 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
 def _respell(found: re.Match[bytes]) -> bytes:
     name = found.group(1)
     return b"\r\n" + _KNOWN.get(name.lower(), name) + b":"
-
-
-def has_date(head: bytes) -> bool:
-    return _DATE_LINE.search(head) is not None
