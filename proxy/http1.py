@@ -197,8 +197,8 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
     if head is None:
         return None
     code = int(head.group(1))
-    if code < 200 or code == 204 or code == 304:
-        return None  # no body (RFC 9112 6.3), or an interim answer
+    if code < 200 or code > 599 or code == 204 or code == 304:
+        return None  # no body (RFC 9112 6.3), an interim answer, or no status (a 502)
     fields = _FIELD.findall(data, 0, end - 2)
     if len(fields) > _MAX_FIELDS:
         return None

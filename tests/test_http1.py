@@ -341,6 +341,9 @@ def _plain_case(rng: random.Random) -> bytes:
             b"HTTP/1.1 201 Created ",
             b"HTTP/1.1 500 Internal Server Error",
             b"HTTP/1.1 299 x",
+            b"HTTP/1.1 600 Beyond",
+            b"HTTP/1.1 999 Beyond",
+            b"HTTP/1.1 000 Zero",
         ]
     )
     body = b"b" * rng.choice([0, 2, 7, 300])

@@ -137,6 +137,17 @@ ANSWERS = {
     b"content-length: 2\r\n\r\nok",
     "tab-in-value": b"HTTP/1.1 200 OK\r\nX-A: a\tb\r\nContent-Length: 2\r\n\r\nok",
     "obs-text-value": b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+    # plain heads (relayed from their bytes by the lane) at the edges of what is plain
+    "status-600": b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok",
+    "status-000": b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok",
+    "upper-case-hop-by-hop": b"HTTP/1.1 200 OK\r\nCONNECTION: Keep-Alive\r\nKEEP-ALIVE: t=5\r\n"
+    b"CONTENT-LENGTH: 2\r\nX-Ratelimit-Remaining: 7\r\n\r\nok",
+    "connection-names-a-field": b"HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "sec-websocket-key1": b"HTTP/1.1 200 OK\r\nSec-WebSocket-Key1: x\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "value-with-colon-space": b"HTTP/1.1 200 OK\r\nX-A: b: c\r\nContent-Length: 2\r\n\r\nok",
+    "empty-value": b"HTTP/1.1 200 OK\r\nX-A: \r\nContent-Length: 2\r\n\r\nok",
 }
 
 
