@@ -255,7 +255,15 @@ async def test_sigterm_drains_a_lane_request_whatever_its_answer(
 
     up = await RawUpstream(behave).start()
     try:
-        data = config(up.base, await upstream(token_app([])), ca_file, {})
+        # a read timeout well past the upstream's 1 s: at 1 s (lane_peers' default) the answer
+        # raced the timeout, and a busy machine made it a 504
+        data = config(
+            up.base,
+            await upstream(token_app([])),
+            ca_file,
+            {},
+            timeouts={"connect": 2, "read": 5},
+        )
         data["store"] = "memory:"
         proc = processes(
             write_config(tmp_path / "keyhop.yaml", data), env={"KEYHOP_EXPRESS": express}
