@@ -72,6 +72,10 @@ class _Credentials(TLRUCache[Key, Credential]):
         self.hot.pop(key, None)
         super().__delitem__(key, *args)
 
+    def clear(self) -> None:
+        self.hot.clear()
+        super().clear()
+
 
 class CredentialManager:
     def __init__(

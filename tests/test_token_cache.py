@@ -218,6 +218,8 @@ async def test_a_credential_answered_from_memory_is_dropped_with_its_key_when_re
     fresh, source = await manager.get(cc, "shop-1")
     assert (fresh.token, source) == ("tok-2", "fetched")
     assert manager.in_memory(cc, "shop-1") is fresh
+    manager.forget("p", "shop-1")  # (a login's logout, a reload's dropped provider)
+    assert manager.in_memory(cc, "shop-1") is None
 
 
 async def test_the_in_memory_answer_still_renews_in_the_margin_and_rechecks_the_store(
