@@ -110,6 +110,17 @@ def check_response_head(head: bytes) -> int:
     return code
 
 
+def declared_length(head: bytes) -> int | None:
+    """The Content-Length of a checked final head (check_response_head), None without one
+    or with Transfer-Encoding."""
+    length = None
+    for name, value in _FRAMING.findall(head):
+        if name.lower() != b"content-length":
+            return None
+        length = int(value.strip(b" \t"))
+    return length
+
+
 def _check_framing(minor: bytes, fields: list[tuple[bytes, bytes]]) -> None:
     """RFC 9112 6: the body's length is said once, plainly (`minor`: the HTTP/1.x minor)."""
     lengths: list[bytes] = []

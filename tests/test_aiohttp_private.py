@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import pytest
@@ -344,3 +345,65 @@ async def test_hook_write_headers_lets_a_relayed_head_keep_its_obs_text(
     assert head.startswith(b"HTTP/1.1 200 Caf\xe9\r\n")
     assert b"\r\nX-Name: caf\xe9\r\n" in head
     writer.close()
+
+
+def test_hook_plain_parser_is_aiohttps_c_parser_in_lax_mode() -> None:
+    """`PLAIN_PARSER` (the `whole` hook's condition) is true exactly when ResponseHandler
+    parses with aiohttp's C parser outside asyncio's debug mode: the parser plain_answer
+    copies. Other modes are checked in fresh interpreters."""
+    import subprocess
+    import sys
+
+    from aiohttp import client_proto
+
+    from proxy.aiohttp_private.client import PLAIN_PARSER
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = CheckedResponseHandler(loop)
+        conn.expect_answer(skip_payload=False)
+        assert type(conn._parser) is vars(client_proto)["HttpResponseParser"]
+    finally:
+        loop.close()
+    assert PLAIN_PARSER is True
+    assert type(conn._parser).__module__ == "aiohttp._http_parser"
+    probe = "from proxy.aiohttp_private.client import PLAIN_PARSER; print(PLAIN_PARSER)"
+    for env in ({"AIOHTTP_NO_EXTENSIONS": "1"}, {"PYTHONASYNCIODEBUG": "1"}):
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        )
+        assert out.stdout.strip() == "False", env
+
+
+async def test_hook_stray_bytes_are_known_before_the_listener_takes_the_answer() -> None:
+    """Bytes past an answer's Content-Length in its own segment mark the connection as not
+    reusable before the parser hands the answer on: a listener that releases the connection
+    at once (the lane) must not pool it (the next request's answer would be those bytes)."""
+    seen: list[bool] = []
+    conn = CheckedResponseHandler(asyncio.get_running_loop())
+
+    class Listener:
+        def answer(self, message: Any, payload: Any) -> None:
+            seen.append(conn.should_close)
+            conn.listener = None
+
+        def failed(self, exc: BaseException) -> None:
+            raise AssertionError(exc)
+
+        def whole(self, data: bytes) -> bool:
+            return False
+
+    conn.expect_answer(skip_payload=False)
+    conn.listener = Listener()
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+    assert seen == [True]
+    clean = CheckedResponseHandler(asyncio.get_running_loop())
+    conn = clean
+    clean.expect_answer(skip_payload=False)
+    clean.listener = Listener()
+    clean.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert seen == [True, False]

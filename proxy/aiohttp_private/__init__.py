@@ -36,7 +36,12 @@ Hooks:
 - `CheckedResponseHandler.feed_data` / `set_exception` (DataQueue): a parsed answer or a
   failure goes to the express lane's listener instead of the queue `read()` waits on; the
   listener's `whole` may take a plain answer before `ResponseHandler.data_received` and its
-  parser see it (the parser then reads the next answer from its start).
+  parser see it (the parser then reads the next answer from its start), only when
+  `PLAIN_PARSER`: aiohttp.client_proto's `HttpResponseParser` is aiohttp's C parser
+  (`http_parser.HttpResponseParserC`) and `helpers.DEBUG` is off (its lax mode).
+- `CheckedResponseHandler.data_received` sets `_should_close` (read by should_close) before
+  aiohttp's parser hands an answer on when bytes past its Content-Length came in its
+  segment, and reads `_skip_payload` for a HEAD's answer (no body follows its head).
 - `rfc822_formatted_time` (aiohttp.helpers): the Date header aiohttp's responses carry.
 - `StreamResponse._prepare_headers` (aiohttp.web_response): `RelayedResponse` and
   `RelayedStreamResponse` take out the default Content-Type and the Server header aiohttp

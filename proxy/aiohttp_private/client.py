@@ -4,15 +4,30 @@ proxy/aiohttp_private/__init__.py)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
+from aiohttp import client_proto, http_parser
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.helpers import _EXC_SENTINEL
+from aiohttp.helpers import _EXC_SENTINEL, DEBUG
 from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
 
-from proxy.http1 import MAX_RESPONSE_HEAD, BadUpstreamAnswer, check_response_head, head_end
+from proxy.http1 import (
+    MAX_RESPONSE_HEAD,
+    BadUpstreamAnswer,
+    check_response_head,
+    declared_length,
+    head_end,
+)
+
+#: the answers are read by aiohttp's C parser in its lax mode, the one http1.plain_answer
+#: copies (it respells the field names it knows, and lets a repeated Content-Type pass):
+#: not under AIOHTTP_NO_EXTENSIONS (the pure-Python parser keeps names as sent) nor in
+#: asyncio's debug mode (PYTHONASYNCIODEBUG, -X dev: strict), where no answer takes `whole`
+PLAIN_PARSER: Final = not DEBUG and vars(client_proto)["HttpResponseParser"] is getattr(
+    http_parser, "HttpResponseParserC", None
+)
 
 
 async def drain(protocol: BaseProtocol) -> None:
@@ -46,6 +61,7 @@ class CheckedResponseHandler(ResponseHandler):
         self._head: bytearray | None = None  # None: not inside a head
         self._scanned = 0  # bytes of _head already searched for the blank line
         self._body_fed: int | None = None  # raw body bytes of a length-framed answer so far
+        self._declared: int | None = None  # its Content-Length (0: no body), when it has one
         self._ended = False  # the answer is whole: whatever comes now is stray
         #: when set, parsed answers and failures go here instead of to read()
         self.listener: AnswerListener | None = None
@@ -86,12 +102,13 @@ class CheckedResponseHandler(ResponseHandler):
         self._head = bytearray()
         self._scanned = 0
         self._body_fed = None
+        self._declared = None
         self._ended = False
 
     def data_received(self, data: bytes) -> None:
         if self._head is not None and data:
             listener = self.listener
-            if listener is not None and not self._head:
+            if listener is not None and not self._head and PLAIN_PARSER:
                 # the answer's end, if the listener takes it whole: set first, as the listener
                 # may send the next request on this connection before it returns
                 self._head, self._ended = None, True
@@ -110,6 +127,12 @@ class CheckedResponseHandler(ResponseHandler):
             self._body_fed += len(data)
         elif self._ended and data:
             self._should_close = True
+        declared = self._declared
+        if declared is not None and self._body_fed is not None and self._body_fed > declared:
+            # stray bytes after the answer: known before the parser hands the answer on,
+            # so a listener that releases the connection at once does not pool it (its next
+            # request's answer would be these bytes)
+            self._should_close = True
         super().data_received(data)
         fed = self._body_fed
         if fed is not None:
@@ -125,6 +148,12 @@ class CheckedResponseHandler(ResponseHandler):
         self._head = None
         chunked = b"transfer-encoding" in head.lower()  # checked to be only `chunked`
         self._body_fed = None if chunked else body_bytes
+        if chunked:
+            self._declared = None
+        elif self._skip_payload or head[9:12] in (b"204", b"304"):
+            self._declared = 0  # no body follows this head (RFC 9112 6.3)
+        else:
+            self._declared = declared_length(head)
 
     def _check(self, data: bytes) -> None:
         head = self._head
