@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.auth import CredentialFlow
-from proxy.config import ProviderConfig
+from proxy.providers import ProviderConfig
 from proxy.store import MemoryStore
 from proxy.token_cache import RECHECK, CredentialManager
 from proxy.tokens import Credential
