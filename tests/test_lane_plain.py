@@ -24,7 +24,15 @@ from tests.lane_peers import Keyhops, Served, keyhops
 from tests.support import KeyhopProcess, write_config
 from tests.test_http1 import FUZZ_CASES
 from tests.test_lane_process import PARK, SECRETS, static_config
-from tests.test_upstream import Behaviour, RawConn, RawUpstream, StartRaw, Wire, raw_upstream
+from tests.test_upstream import (
+    Behaviour,
+    RawConn,
+    RawUpstream,
+    StartRaw,
+    Wire,
+    raw_upstream,
+    read_chunked,
+)
 
 __all__ = ["keyhops", "raw_upstream"]  # fixtures
 
@@ -60,9 +68,16 @@ async def read_one(reader: asyncio.StreamReader, sent: bytes) -> bytes:
             return b""
         found = re.search(rb"\r\ncontent-length: *([0-9]+)", head, re.IGNORECASE)
         try:
-            body = await reader.readexactly(int(found.group(1))) if found else b""
+            if found:
+                body = await reader.readexactly(int(found.group(1)))
+            elif b"\r\nTransfer-Encoding: chunked\r\n" in head:
+                body = await read_chunked(reader)
+            else:
+                body = b""
         except asyncio.IncompleteReadError as exc:
             body = exc.partial + b"<cut>"
+        except ConnectionError:
+            body = b"<cut>"
     date = re.search(rb"\r\nDate: ([^\r]*)", head)
     if date is not None and date.group(1) not in sent:
         head = head.replace(date.group(0), b"\r\nDate: <keyhop's>")
@@ -89,26 +104,37 @@ async def run_cases(
     mode: str,
     table: Callable[[int], bytes | tuple[bytes, ...]],
     cases: range,
+    pipelined: bool = False,
 ) -> list[Outcome]:
     """Each case on its own client connection, behind a warm idle upstream connection (so
-    the lane can take it), then one more request to see which connection it gets."""
+    the lane can take it), then one more request to see which connection it gets: on a
+    new client connection, or `pipelined` behind the case in the same segment."""
     outcomes = []
     for i in cases:
         sent = table(i)
         whole = b"".join(sent) if isinstance(sent, tuple) else sent
+        case_request = f"GET /r/{mode}/c{i} HTTP/1.1\r\nHost: k\r\n\r\n".encode()
+        after_request = f"GET /r/{mode}/a{i} HTTP/1.1\r\nHost: k\r\n\r\n".encode()
         reader, writer = await served.connect()
-        writer.write(f"GET /r/{mode}/c{i} HTTP/1.1\r\nHost: k\r\n\r\n".encode())
-        seen = await read_one(reader, whole)
-        writer.close()
-        if isinstance(sent, tuple) and isinstance(sent[-1], Stray):
-            await asyncio.sleep(0.05)  # the stray bytes are in before the next request
-        reader, writer = await served.connect()
-        writer.write(f"GET /r/{mode}/a{i} HTTP/1.1\r\nHost: k\r\n\r\n".encode())
-        next_seen = await read_one(reader, OK)
-        writer.close()
+        if pipelined:
+            writer.write(case_request + after_request)
+            seen = await read_one(reader, whole)
+            next_seen = await read_one(reader, OK)
+            writer.close()
+        else:
+            writer.write(case_request)
+            seen = await read_one(reader, whole)
+            writer.close()
+            if isinstance(sent, tuple) and isinstance(sent[-1], Stray):
+                await asyncio.sleep(0.05)  # the stray bytes are in before the next request
+            reader, writer = await served.connect()
+            writer.write(after_request)
+            next_seen = await read_one(reader, OK)
+            writer.close()
         case = [w for w in up.requests if w.path == f"/{mode}/c{i}"]
         after = [w for w in up.requests if w.path == f"/{mode}/a{i}"]
-        outcomes.append(Outcome(seen, case[-1].conn == after[-1].conn, next_seen))
+        reused = bool(after) and case[-1].conn == after[-1].conn
+        outcomes.append(Outcome(seen, reused, next_seen))
     return outcomes
 
 
@@ -117,14 +143,17 @@ async def both_ways(
     raw_upstream: StartRaw,
     table: Callable[[int], bytes | tuple[bytes, ...]],
     cases: range,
+    pipelined: bool = False,
 ) -> tuple[list[Outcome], list[Outcome], Served]:
     up = await raw_upstream(answers(table))
     got = {}
     lane: Served | None = None
     for mode, express in (("on", True), ("off", False)):
-        served = await keyhops.start(up, express=express)
+        # an answer framed by the connection closing, which this upstream never does, ends
+        # at the read timeout: a short one
+        served = await keyhops.start(up, express=express, timeouts={"connect": 2, "read": 0.3})
         await served.warm()
-        got[mode] = await run_cases(served, up, mode, table, cases)
+        got[mode] = await run_cases(served, up, mode, table, cases, pipelined)
         if express:
             lane = served
     assert lane is not None
@@ -136,7 +165,6 @@ def assert_same(table: Callable[[int], object], on: list[Outcome], off: list[Out
         assert a.seen == b.seen, (i, table(i), a.seen, b.seen)
         assert a.reused == b.reused, (i, table(i), "reused with the lane on" if a.reused else "")
         assert a.after == b.after, (i, table(i), a.after, b.after)
-        assert a.after.endswith(b"\r\n\r\nok"), (i, table(i), a.after)
 
 
 # -- generated answers --------------------------------------------------------------------------
@@ -191,7 +219,7 @@ _VALUES = (
 )
 
 
-def generated(seed: int) -> bytes:
+def generated(seed: int, tails: bool = True) -> bytes:
     """A plain-looking answer: mostly what the lane relays from its bytes, with one odd part
     now and then (a spacing, a framing field, a short or long body, stray bytes)."""
     rng = random.Random(seed)
@@ -224,7 +252,7 @@ def generated(seed: int) -> bytes:
         if odd and rng.random() < 0.3:
             length = rng.choice([b"00" + length, b"+" + length, b"%d" % (len(body) + 1)])
         lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: " + length)
-    tail = rng.choice([b"", b"", b"X", OK, b"HTTP/1.1 200"]) if odd else b""
+    tail = rng.choice([b"", b"", b"X", OK, b"HTTP/1.1 200"]) if odd and tails else b""
     return b"\r\n".join(lines) + b"\r\n\r\n" + body + tail
 
 
@@ -236,6 +264,21 @@ async def test_generated_answers_reach_the_client_and_keep_their_connection_as_l
     on, off, lane = await both_ways(keyhops, raw_upstream, generated, cases)
     assert_same(generated, on, off)
     assert lane.taken >= len(cases)  # every case went the lane's way first
+
+
+def untailed(seed: int) -> bytes:
+    return generated(seed, tails=False)
+
+
+async def test_generated_answers_to_a_pipelining_client_as_with_the_lane_off(
+    keyhops: Keyhops, raw_upstream: StartRaw
+) -> None:
+    """The next request in the same segment: the lane takes it as soon as it has answered,
+    on the connection it just released (no stray bytes here: see the xfail below)."""
+    cases = range(max(20, FUZZ_CASES // 3))
+    on, off, lane = await both_ways(keyhops, raw_upstream, untailed, cases, pipelined=True)
+    assert_same(untailed, on, off)
+    assert lane.taken >= len(cases)
 
 
 def split(at: int) -> tuple[bytes, ...]:
