@@ -16,20 +16,16 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.lane_peers import Keyhops, Served, keyhops
-from tests.support import KeyhopProcess, write_config
 from tests.test_http1 import FUZZ_CASES
-from tests.test_lane_process import PARK, SECRETS, static_config
 from tests.test_upstream import (
     Behaviour,
     RawConn,
     RawUpstream,
     StartRaw,
-    Wire,
     raw_upstream,
     read_chunked,
 )
@@ -381,142 +377,3 @@ async def test_an_answer_at_the_edge_of_plain_is_relayed_and_kept_as_with_the_la
     on, off, lane = await both_ways(keyhops, raw_upstream, table, range(1))
     assert_same(table, on, off)
     assert lane.taken >= 1
-
-
-# -- stray bytes with the answer, and a client that pipelines ------------------------------------
-
-
-def by_path(stray: bytes) -> Callable[[Wire], bytes]:
-    """Each answer's body is its path; /1's comes with `stray` in the same segment. The
-    others have a tab in a value (not plain: aiohttp's parser reads them)."""
-
-    def answer(wire: Wire) -> bytes:
-        path = wire.path.encode()
-        framed = b"HTTP/1.1 200 OK\r\nX-A: a\tb\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
-        return framed + stray if wire.path == "/1" else framed
-
-    return answer
-
-
-def keep_answering(answer: Callable[[Wire], bytes]) -> Behaviour:
-    async def behave(conn: RawConn) -> None:
-        while (wire := await conn.request()) is not None:
-            conn.writer.write(answer(wire))
-            await conn.writer.drain()
-
-    return behave
-
-
-async def pipelined(keyhops: Keyhops, up: RawUpstream, express: bool) -> list[bytes]:
-    """Three GETs in one segment; the bodies of the answers, in order."""
-    served = await keyhops.start(up, express=express)
-    await served.warm()
-    reader, writer = await served.connect()
-    writer.write(b"".join(b"GET /r/%d HTTP/1.1\r\nHost: k\r\n\r\n" % n for n in (1, 2, 3)))
-    bodies = []
-    for _ in range(3):
-        seen = await read_one(reader, b"")
-        bodies.append(seen.partition(b"\r\n\r\n")[2])
-    if express:
-        assert served.taken >= 2  # /1 and /2 at least went the lane's way
-    return bodies
-
-
-STRAYS = {
-    # a whole second answer nobody asked for (RFC 9112 9.3.2: answers pair with requests in
-    # order; the connection must be closed, as the pipeline does, never read on)
-    "a-whole-next-answer": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
-    # the start of one: left in the parser, it is read as the head of the next answer
-    "the-start-of-a-next-answer": b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\n",
-}
-
-
-@pytest.mark.parametrize("stray", list(STRAYS.values()), ids=list(STRAYS))
-async def test_stray_bytes_after_an_answer_never_answer_the_pipelined_next_request_lane_off(
-    keyhops: Keyhops, raw_upstream: StartRaw, stray: bytes
-) -> None:
-    """The pipeline's behaviour, which the lane must match (next test)."""
-    up = await raw_upstream(keep_answering(by_path(stray)))
-    assert await pipelined(keyhops, up, express=False) == [b"/1", b"/2", b"/3"]
-    by_conn = {w.path: w.conn for w in up.requests}
-    assert by_conn["/2"] != by_conn["/1"]  # the connection with stray bytes was dropped
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="lane bug: an answer parsed by aiohttp with stray bytes after it in the same segment "
-    "is relayed and its connection released (still not marked should_close) before "
-    "CheckedResponseHandler.data_received counts the stray bytes; express_done() then takes "
-    "the client's pipelined next request onto that same connection at once, and the stray "
-    "answer (or the parser's leftover) answers it: the answers shift by one (desync)",
-)
-@pytest.mark.parametrize("stray", list(STRAYS.values()), ids=list(STRAYS))
-async def test_stray_bytes_after_an_answer_never_answer_the_pipelined_next_request_lane_on(
-    keyhops: Keyhops, raw_upstream: StartRaw, stray: bytes
-) -> None:
-    up = await raw_upstream(keep_answering(by_path(stray)))
-    assert await pipelined(keyhops, up, express=True) == [b"/1", b"/2", b"/3"]
-
-
-# -- in a real `keyhop serve`, under aiohttp's other parser modes --------------------------------
-
-#: aiohttp reads answers with its pure-Python parser under AIOHTTP_NO_EXTENSIONS (which keeps
-#: field names as sent: only the C parser respells the names it knows), and strictly in
-#: asyncio debug mode (PYTHONASYNCIODEBUG or -X dev: a repeated Content-Type, Server or ETag
-#: is a 400, so the pipeline's 502); the lane's plain relay assumes the C parser, lax
-ENVIRONMENTS = {
-    "AIOHTTP_NO_EXTENSIONS": (
-        {"AIOHTTP_NO_EXTENSIONS": "1"},
-        b'HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nETag: "a"\r\nContent-Length: 2\r\n\r\nok',
-    ),
-    "PYTHONASYNCIODEBUG": (
-        {"PYTHONASYNCIODEBUG": "1"},
-        b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Type: c/d\r\nContent-Length: 2\r\n\r\nok",
-    ),
-}
-
-
-async def served_by_a_process(
-    processes: Callable[..., KeyhopProcess],
-    tmp_path: Path,
-    ca_file: str,
-    up: RawUpstream,
-    env: dict[str, str],
-) -> bytes:
-    """The answer to GET /s/c0 through a `keyhop serve` with `env`, on a warm connection."""
-    config = write_config(tmp_path / f"k{len(up.requests)}.yaml", static_config(up.base, ca_file))
-    proc = processes(config, env={**SECRETS, **env})
-    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
-    try:
-        for path in ("/s/warm", "/s/warm", "/s/c0"):
-            await asyncio.sleep(PARK)  # (the lane is taken only while start() is parked)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: k\r\n\r\n".encode())
-            seen = await read_one(reader, b"")
-    finally:
-        writer.close()
-    return seen
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="lane bug: plain_answer assumes aiohttp's C parser in lax mode. Under "
-    "AIOHTTP_NO_EXTENSIONS=1 the pipeline relays field names as sent (content-type, ETag) "
-    "while the lane respells them (Content-Type, Etag); under PYTHONASYNCIODEBUG=1 (or -X dev) "
-    "the pipeline answers 502 to a repeated Content-Type/Server/ETag (aiohttp's strict "
-    "singleton check) while the lane relays the answer",
-)
-@pytest.mark.parametrize("environment", list(ENVIRONMENTS), ids=list(ENVIRONMENTS))
-async def test_a_keyhop_process_relays_a_plain_answer_as_with_keyhop_express_0(
-    processes: Callable[..., KeyhopProcess],
-    tmp_path: Path,
-    ca_file: str,
-    raw_upstream: StartRaw,
-    environment: str,
-) -> None:
-    env, answer = ENVIRONMENTS[environment]
-    up = await raw_upstream(keep_answering(lambda w: answer if w.path == "/c0" else OK))
-    on = await served_by_a_process(processes, tmp_path, ca_file, up, env)
-    off = await served_by_a_process(
-        processes, tmp_path, ca_file, up, {**env, "KEYHOP_EXPRESS": "0"}
-    )
-    assert on == off
