@@ -13,6 +13,7 @@ import os
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -393,7 +394,8 @@ def test_a_plain_answer_is_relayed_as_aiohttps_parser_and_the_pipeline_would_rel
             taken += 1
             code, relayed, end = plain
             assert check_response_head(data[:end]) == code, data
-            parser = HttpResponseParser(Reader(), loop, 2**16, read_until_eof=True)
+            reader: Any = Reader()  # (what the parser calls of its protocol)
+            parser = HttpResponseParser(reader, loop, 2**16, read_until_eof=True)
             messages, upgraded, tail = parser.feed_data(data)
             assert len(messages) == 1 and not upgraded and not tail, data
             message, payload = messages[0]
