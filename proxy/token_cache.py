@@ -1,8 +1,8 @@
 """Credentials per provider and tenant: memory first, then the store, then the provider.
 
-- The hot path is one dict lookup: a credential read once is answered from `hot` until it
-  is due for renewal or a store check; behind it, a TLRUCache (entries vanish at their
-  real expiry).
+- The hot path is one dict lookup (credential_memory.py: a credential read once is answered
+  from a memo until it is due for renewal or a store check; behind it, a TLRUCache whose
+  entries vanish at their real expiry).
 - Inside the renewal margin (SPEC 4.4) the current token keeps serving while one
   background task renews it.
 - One fetch per key at a time: an asyncio.Lock in this process (check, lock, re-check) and
@@ -17,17 +17,15 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
-
-from cachetools import TLRUCache
+from typing import Final, Protocol
 
 from proxy.auth import CredentialFlow
 from proxy.backoff import KeyState, fallback
+from proxy.credential_memory import Key, MemoryTier
 from proxy.errors import CredentialError, LoginExpired, NotConnected
 from proxy.providers import ProviderConfig
 from proxy.store import Store
@@ -37,7 +35,6 @@ LOCK_TTL: Final = 30.0  # SPEC 4.4: a dead lock holder blocks the others at most
 POLL_INTERVAL: Final = 0.05
 RECHECK: Final = 5.0  # seconds between checks of a cached credential against the store
 
-Key = tuple[str, str]
 FlowRunner = Callable[[ProviderConfig, CredentialFlow], Awaitable[Credential]]
 
 
@@ -49,32 +46,6 @@ class FetchObserver(Protocol):
 class _KeyLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # holding or waiting; the entry goes when this drops to 0
-
-
-def _ttu(_key: Key, credential: Credential, _now: float) -> float:
-    return math.inf if credential.expires_at is None else credential.expires_at
-
-
-class _Credentials(TLRUCache[Key, Credential]):
-    """The cache, and `hot`: per key read since it last changed, its credential and until
-    when in_memory may answer with it without another look (a TLRUCache lookup is a tenth
-    of the express lane's request). Any change to a key drops its hot entry."""
-
-    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
-        super().__init__(maxsize, ttu=_ttu, timer=clock)
-        self.hot: dict[Key, tuple[Credential, float]] = {}
-
-    def __setitem__(self, key: Key, value: Credential, *args: Any) -> None:
-        self.hot.pop(key, None)
-        super().__setitem__(key, value, *args)
-
-    def __delitem__(self, key: Key, *args: Any) -> None:
-        self.hot.pop(key, None)
-        super().__delitem__(key, *args)
-
-    def clear(self) -> None:
-        self.hot.clear()
-        super().clear()
 
 
 class CredentialManager:
@@ -93,7 +64,7 @@ class CredentialManager:
         self._runner = runner
         self._clock = clock
         self._observer = observer
-        self._cache = _Credentials(maxsize, clock)
+        self._cache = MemoryTier(maxsize, clock)
         self._locks: dict[Key, _KeyLock] = {}
         self._renewing: dict[Key, asyncio.Task[None]] = {}
         self._refused: dict[Key, str] = {}  # the last token an upstream refused, per key
@@ -115,9 +86,9 @@ class CredentialManager:
         Starts the same background renewal or store check as get()."""
         key = (provider.name, tenant or "")
         now = self._clock()
-        hot = self._cache.hot.get(key)
-        if hot is not None and now < hot[1]:
-            return hot[0]
+        hot = self._cache.hot(key, now)
+        if hot is not None:
+            return hot
         credential = self._cache.get(key)
         if credential is not None:
             renew_at = credential.renew_at()
@@ -128,11 +99,7 @@ class CredentialManager:
                 if now - checked >= RECHECK:
                     self._checked[key] = checked = now
                     self._recheck_in_background(provider, tenant, credential)
-                hot_keys = self._cache.hot
-                if len(hot_keys) >= self._cache.maxsize:
-                    hot_keys.clear()
-                # (renew_at is before the expiry: the TLRUCache would still hold it)
-                hot_keys[key] = (credential, min(renew_at, checked + RECHECK))
+                self._cache.keep_hot(key, credential, min(renew_at, checked + RECHECK))
         return credential
 
     async def invalidate(

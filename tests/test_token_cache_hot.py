@@ -1,4 +1,4 @@
-"""The in-memory credential memo (proxy/token_cache.py `_Credentials.hot`, read by
+"""The in-memory credential memo (proxy/credential_memory.py `MemoryTier.hot`, read by
 `CredentialManager.in_memory`, the express lane's credential): it may answer only with what
 the TLRUCache behind it holds, so whatever changes a key (a refusal, a rotation by another
 process sharing the store, a renewal, a revocation, a reload's forget, a login) is seen by
@@ -47,7 +47,7 @@ class Unmemoized(CredentialManager):
     """The manager with its memo emptied before every in_memory: the TLRUCache's answer."""
 
     def in_memory(self, provider: ProviderConfig, tenant: str | None) -> Credential | None:
-        self._cache.hot.clear()
+        self._cache._hot.clear()
         return super().in_memory(provider, tenant)
 
 
