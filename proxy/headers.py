@@ -25,7 +25,8 @@ HOP_BY_HOP: Final = frozenset(
 )
 #: request fields keyhop sets itself: the upstream's own Host, and Expect handled locally
 _REQUEST_OWN: Final = HOP_BY_HOP | {"host", "expect"}
-_RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
+#: response fields keyhop sets itself (Content-Length) or never relays (hop-by-hop)
+RESPONSE_OWN: Final = HOP_BY_HOP | {"content-length"}
 _NONE: Final[frozenset[str]] = frozenset()
 KEYHOP_PREFIX: Final = "x-keyhop-"
 #: RFC 9110 5.1: a field name is a token
@@ -102,7 +103,7 @@ def clean_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
-        if lower in _RESPONSE_OWN or lower in named:
+        if lower in RESPONSE_OWN or lower in named:
             continue
         if not value.isprintable() and CONTROL_CHARS.search(value):  # a tab is fine
             raise UnrelayableHeader(f"the upstream's {name} header holds a control character")

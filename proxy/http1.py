@@ -30,6 +30,8 @@ from typing import Final
 from aiohttp import hdrs
 from multidict import istr
 
+from proxy.headers import RESPONSE_OWN
+
 #: the largest response head accepted; aiohttp's own limits are per line (8190 bytes)
 MAX_RESPONSE_HEAD: Final = 128 * 1024
 
@@ -153,22 +155,8 @@ _PLAIN: Final = re.compile(
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++: (?:[\x21-\x7e](?:[\x20-\x7e]*+(?<! ))?)?\r\n)*+\r\n"
 )
 #: the fields of a plain head that keyhop does not relay as they are: hop-by-hop ones and
-#: Content-Length, which the relayed head states itself (headers.py's _RESPONSE_OWN)
-_OWN: Final[frozenset[bytes]] = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+#: Content-Length, which the relayed head states itself
+_OWN: Final = frozenset(name.encode() for name in RESPONSE_OWN)
 _OWN_LINE: Final = re.compile(
     rb"\r\n(?:" + b"|".join(sorted(_OWN)) + rb"): [^\r]*",
     re.IGNORECASE,
@@ -188,6 +176,9 @@ _REFUSED: Final = b"sec-websocket-key1"
 _AS_THEY_ARE: Final = frozenset(v for k, v in _KNOWN.items() if k not in _OWN and k != _REFUSED)
 #: aiohttp's parser refuses a head with more fields than this (set_response_params)
 _MAX_FIELDS: Final = 128
+#: a plain head ends within this many bytes (under aiohttp's 8190-byte line limit, so no
+#: line of it can be too long for the parser)
+_PLAIN_HEAD: Final = 8192
 
 
 def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
@@ -196,11 +187,10 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
     its body starts; None when the answer is not that (aiohttp's parser takes it then).
 
     Plain means: the head above (_PLAIN), within aiohttp's limits, a final status that has
-    a body, one Content-Length of at
-    most `largest` and equal to the bytes that follow the head, and of the hop-by-hop
-    fields only `Connection: keep-alive` and Keep-Alive (so no field is named by
-    Connection)."""
-    end = data.find(b"\r\n\r\n", 0, 8192)
+    a body, one Content-Length of at most `largest` and equal to the bytes that follow the
+    head, and of the hop-by-hop fields only `Connection: keep-alive` and Keep-Alive (so no
+    field is named by Connection)."""
+    end = data.find(b"\r\n\r\n", 0, _PLAIN_HEAD)
     if end == -1:
         return None
     end += 4
