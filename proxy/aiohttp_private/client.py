@@ -134,23 +134,20 @@ class CheckedResponseHandler(ResponseHandler):
             # request's answer would be these bytes)
             self._should_close = True
         super().data_received(data)
-        fed = self._body_fed
-        if fed is not None:
+        if self._body_fed is not None:
             payload = self._payload
-            if payload is not None and payload.is_eof():
-                if fed > payload.total_bytes:
-                    self._should_close = True  # stray bytes came with the end of the body
+            if payload is not None and payload.is_eof():  # bytes from now on are stray
                 self._body_fed = None
                 self._ended = True
 
-    def _final(self, head: bytes, body_bytes: int) -> None:
+    def _final(self, head: bytes, code: int, body_bytes: int) -> None:
         """The final head is in: its body is aiohttp's; watch a length-framed body's end."""
         self._head = None
         chunked = b"transfer-encoding" in head.lower()  # checked to be only `chunked`
         self._body_fed = None if chunked else body_bytes
         if chunked:
             self._declared = None
-        elif self._skip_payload or head[9:12] in (b"204", b"304"):
+        elif self._skip_payload or code == 204 or code == 304:
             self._declared = 0  # no body follows this head (RFC 9112 6.3)
         else:
             self._declared = declared_length(head)
@@ -164,7 +161,7 @@ class CheckedResponseHandler(ResponseHandler):
             if blank != -1 and data.find(b"\n\n", 0, blank) == data.find(b"\n\r\n", 0, blank) == -1:
                 code = check_response_head(data[: blank + 4])
                 if not (100 <= code <= 199 and code != 101):
-                    self._final(data[: blank + 4], len(data) - blank - 4)
+                    self._final(data[: blank + 4], code, len(data) - blank - 4)
                     return
         head += data
         while True:
@@ -182,7 +179,7 @@ class CheckedResponseHandler(ResponseHandler):
             final = bytes(head[:end])
             code = check_response_head(final)
             if not (100 <= code <= 199 and code != 101):
-                self._final(final, len(head) - end)
+                self._final(final, code, len(head) - end)
                 return
             del head[:end]  # an interim answer has no body: the next head follows it
             self._scanned = 0
