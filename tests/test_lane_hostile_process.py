@@ -12,6 +12,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -191,6 +192,21 @@ async def test_200_clients_leaving_at_random_leave_a_real_keyhop_serve_clean(
         await up.stop()
 
 
+async def parked_connection(
+    processes: Start, tmp_path: Path, data: dict[str, Any], express: str
+) -> tuple[KeyhopProcess, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A `keyhop serve` of `data` (memory store) with KEYHOP_EXPRESS=`express`, warm, and a
+    client connection to it on which keyhop's start() already waits for a head: a head that
+    arrives before that is start()'s own (the lane only takes requests while it waits)."""
+    data["store"] = "memory:"
+    proc = processes(write_config(tmp_path / "keyhop.yaml", data), env={"KEYHOP_EXPRESS": express})
+    await wait_healthy(proc.url)
+    await lane_ready(proc.url, express == "1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+    await asyncio.sleep(0.1)
+    return proc, reader, writer
+
+
 @pytest.mark.parametrize(
     "express",
     ["1", "0"],
@@ -203,16 +219,7 @@ async def test_a_real_keyhop_serve_answers_50_requests_pipelined_in_one_write(
     up = await RawUpstream(keep_alive(echo_path)).start()
     try:
         data = config(up.base, await upstream(token_app([])), ca_file, {})
-        data["store"] = "memory:"
-        proc = processes(
-            write_config(tmp_path / "keyhop.yaml", data), env={"KEYHOP_EXPRESS": express}
-        )
-        await wait_healthy(proc.url)
-        await lane_ready(proc.url, express == "1")
-        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
-        # a head that arrives before keyhop's start() first waits for one is start()'s own
-        # (the lane only takes requests while start() waits): give it that moment
-        await asyncio.sleep(0.1)
+        _, reader, writer = await parked_connection(processes, tmp_path, data, express)
         try:
             writer.write(b"".join(b"GET /r/n%d HTTP/1.1\r\nHost: k\r\n\r\n" % i for i in range(50)))
             for i in range(50):
@@ -264,16 +271,7 @@ async def test_sigterm_drains_a_lane_request_whatever_its_answer(
             {},
             timeouts={"connect": 2, "read": 5},
         )
-        data["store"] = "memory:"
-        proc = processes(
-            write_config(tmp_path / "keyhop.yaml", data), env={"KEYHOP_EXPRESS": express}
-        )
-        await wait_healthy(proc.url)
-        await lane_ready(proc.url, express == "1")
-        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
-        # a head that arrives before keyhop's start() first waits for one is start()'s own
-        # (the lane only takes requests while start() waits): give it that moment
-        await asyncio.sleep(0.1)
+        proc, reader, writer = await parked_connection(processes, tmp_path, data, express)
         try:
             writer.write(b"GET /r/slow HTTP/1.1\r\nHost: k\r\n\r\n")
             await asyncio.sleep(0.7)
