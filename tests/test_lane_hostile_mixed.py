@@ -28,6 +28,19 @@ BIG = bytes(range(256)) * 400  # 100 KiB: over the lane's 64 KiB, so given back 
 __all__ = ["keyhops", "raw_upstream"]  # fixtures
 
 
+def slowly(delay: float) -> Behaviour:
+    """An upstream answering `various`, /slow after `delay` seconds (so what the client
+    sends meanwhile arrives while keyhop serves /slow)."""
+
+    async def slow(conn: RawConn) -> None:
+        while (wire := await conn.request()) is not None:
+            if wire.path == "/slow":
+                await asyncio.sleep(delay)
+            conn.writer.write(various(wire))
+
+    return slow
+
+
 def various(wire: Wire) -> bytes:
     """An answer per path: some the lane relays, some it must give back."""
     path = wire.path.encode()
@@ -129,11 +142,7 @@ async def test_a_pipeline_of_lane_and_given_back_requests_is_answered_in_order(
 async def test_an_upload_pipelined_behind_a_lane_request_arrives_whole(
     keyhops: Keyhops, raw_upstream: StartRaw
 ) -> None:
-    async def slow(conn: RawConn) -> None:
-        while (wire := await conn.request()) is not None:
-            if wire.path == "/slow":
-                await asyncio.sleep(0.2)
-            conn.writer.write(various(wire))
+    slow = slowly(0.2)
 
     served = await keyhops.start(await raw_upstream(slow), express=True)
     await served.warm()
@@ -159,11 +168,7 @@ async def test_a_head_left_unfinished_behind_a_lane_request_is_cut_with_408_once
     """The next head starts while the lane serves /slow (no clock then: the wait is not
     the client's); dribbled on after the answer, it is cut at the head timeout."""
 
-    async def slow(conn: RawConn) -> None:
-        while (wire := await conn.request()) is not None:
-            if wire.path == "/slow":
-                await asyncio.sleep(0.3)
-            conn.writer.write(various(wire))
+    slow = slowly(0.3)
 
     served = await keyhops.start(await raw_upstream(slow), express=express, head_timeout=0.6)
     await served.warm()
@@ -208,11 +213,7 @@ async def test_given_back_answers_keep_the_client_connection_in_step(
 async def test_a_bad_request_pipelined_behind_a_lane_request_is_refused_after_its_answer(
     keyhops: Keyhops, raw_upstream: StartRaw, bad: bytes
 ) -> None:
-    async def slow(conn: RawConn) -> None:
-        while (wire := await conn.request()) is not None:
-            if wire.path == "/slow":
-                await asyncio.sleep(0.2)
-            conn.writer.write(various(wire))
+    slow = slowly(0.2)
 
     runs = []
     for express in (True, False):
@@ -249,11 +250,7 @@ async def test_a_head_left_unfinished_behind_an_answer_is_cut_with_408_without_m
     """server.py: "a head dribbled or never finished is answered 408". The head starts
     while /slow is served (no clock then: the wait is not the client's), then nothing."""
 
-    async def slow(conn: RawConn) -> None:
-        while (wire := await conn.request()) is not None:
-            if wire.path == "/slow":
-                await asyncio.sleep(0.3)
-            conn.writer.write(various(wire))
+    slow = slowly(0.3)
 
     served = await keyhops.start(await raw_upstream(slow), express=express, head_timeout=0.5)
     await served.warm()
