@@ -161,8 +161,6 @@ _OWN_LINE: Final = re.compile(
     rb"\r\n(?:" + b"|".join(sorted(_OWN)) + rb"): [^\r]*",
     re.IGNORECASE,
 )
-_FIELD: Final = re.compile(rb"\r\n([^:]*): ([^\r]*)")
-_NAME_AT: Final = re.compile(rb"\r\n([^:]*):")
 #: aiohttp's parser spells the field names it knows (aiohttp.hdrs) its own way, whatever
 #: case they came in, and the pipeline relays them so: a plain head is respelled alike
 _KNOWN: Final = {
@@ -193,20 +191,20 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
     end = data.find(b"\r\n\r\n", 0, _PLAIN_HEAD)
     if end == -1:
         return None
-    end += 4
-    head = _PLAIN.fullmatch(data, 0, end)
+    head = _PLAIN.fullmatch(data, 0, end + 4)
     if head is None:
         return None
     code = int(head.group(1))
     if code < 200 or code > 599 or code == 204 or code == 304:
         return None  # no body (RFC 9112 6.3), an interim answer, or no status (a 502)
-    fields = _FIELD.findall(data, 0, end - 2)
-    if len(fields) > _MAX_FIELDS:
+    lines = data[:end].split(b"\r\n")  # the status line, then `Name: value` (_PLAIN)
+    if len(lines) > _MAX_FIELDS + 1:
         return None
     length = -1
     dropped = 0  # fields not relayed as they are, Content-Length among them
-    respell = False
-    for name, value in fields:
+    respell: list[bytes] = []  # known names not spelled aiohttp's way
+    for i in range(1, len(lines)):
+        name, _, value = lines[i].partition(b": ")
         if name in _AS_THEY_ARE:
             continue
         lower = name.lower()
@@ -226,7 +224,8 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
         elif lower in _KNOWN:
             if lower == _REFUSED:
                 return None
-            respell = True
+            respell.append(name)
+    end += 4
     if length == -1 or length > largest or len(data) - end != length:
         return None
     if dropped == 1:  # the usual head: only Content-Length to cut
@@ -234,11 +233,6 @@ def plain_answer(data: bytes, largest: int) -> tuple[int, bytes, int] | None:
         relayed = data[:cut] + data[data.find(b"\r\n", cut + 2) : end - 4]
     else:
         relayed = _OWN_LINE.sub(b"", data[: end - 4])
-    if respell:
-        relayed = _NAME_AT.sub(_respell, relayed)
+    for name in respell:  # (a name is only ever at a line's start: values hold no CR or LF)
+        relayed = relayed.replace(b"\r\n" + name + b":", b"\r\n" + _KNOWN[name.lower()] + b":")
     return code, relayed, end
-
-
-def _respell(found: re.Match[bytes]) -> bytes:
-    name = found.group(1)
-    return b"\r\n" + _KNOWN.get(name.lower(), name) + b":"
