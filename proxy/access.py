@@ -47,6 +47,25 @@ def _json_or_null(value: str | None) -> str:
     return word
 
 
+#: for each (route, provider, credential source) seen, the line's fields from "route" to
+#: "provider" and its "credential" field: keyhop's own words (a set the config bounds),
+#: encoded once
+_FIXED: dict[tuple[str | None, str | None, str | None], tuple[str, str]] = {}
+
+
+def _fixed(route: str | None, provider: str | None, credential: str | None) -> tuple[str, str]:
+    key = (route, provider, credential)
+    fixed = _FIXED.get(key)
+    if fixed is None:
+        fixed = (
+            f'"route":{_json_or_null(route)},"provider":{_json_or_null(provider)},',
+            f'"credential":{_json_or_null(credential)}',
+        )
+        if len(_FIXED) < 4096:
+            _FIXED[key] = fixed
+    return fixed
+
+
 def log_access(
     method: str, target: str, info: AccessInfo, status: int, started: float, kh: Keyhop
 ) -> None:
@@ -55,14 +74,15 @@ def log_access(
     that is redacted (route, provider, credential and error are keyhop's own words)."""
     redact = kh.runtime.redact
     path, _, query = target.partition("?")
-    tenant = "null" if info.tenant is None else _str(redact(info.tenant))
+    head, credential = _fixed(info.route, info.provider, info.credential)
+    tenant = info.tenant
+    upstream_ms = info.upstream_ms
     line = (
-        f'{{"ts":{time.time():.3f},"route":{_json_or_null(info.route)},'
-        f'"provider":{_json_or_null(info.provider)},"tenant":{tenant},'
-        f'"method":{_str(redact(method))},"path":{_str(redact(path))},"status":{status},'
+        f'{{"ts":{time.time():.3f},{head}'
+        f'"tenant":{"null" if tenant is None else redact.json(tenant)},'
+        f'"method":{redact.json(method)},"path":{redact.json(path)},"status":{status},'
         f'"duration_ms":{(time.perf_counter() - (info.began or started)) * 1000:.3f},'
-        f'"upstream_ms":{"null" if info.upstream_ms is None else info.upstream_ms},'
-        f'"credential":{_json_or_null(info.credential)}'
+        f'"upstream_ms":{"null" if upstream_ms is None else upstream_ms},{credential}'
     )
     if query:  # names only: a query can carry codes and keys
         keys = sorted({redact(p.partition("=")[0]) for p in query.split("&") if p})

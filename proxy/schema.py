@@ -6,11 +6,14 @@ Rules: pure (no I/O), and a value declared secret is never quoted back in a mess
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+_json_str = json.encoder.encode_basestring_ascii  # (a str in, a quoted JSON string out)
 
 
 class Secret:
@@ -49,6 +52,7 @@ class Redactor:
         ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
         self._memo: dict[str, str] = {}
+        self._json: dict[str, str] = {}
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:
@@ -57,6 +61,19 @@ class Redactor:
         done = memo.get(text)
         if done is None:
             done = self._pattern.sub("***", text)
+            if len(text) <= self.MEMO_TEXT:
+                if len(memo) >= self.MEMO_SIZE:
+                    memo.clear()
+                memo[text] = done
+        return done
+
+    def json(self, text: str) -> str:
+        """The text redacted, as a JSON string (the access log's method, path and tenant),
+        memoized as __call__ is."""
+        memo = self._json
+        done = memo.get(text)
+        if done is None:
+            done = _json_str(self(text))
             if len(text) <= self.MEMO_TEXT:
                 if len(memo) >= self.MEMO_SIZE:
                     memo.clear()
