@@ -15,7 +15,7 @@ def test_redacting_replaces_every_secret_and_the_longest_first() -> None:
 
 def test_json_is_the_redacted_text_as_a_json_string() -> None:
     redact = Redactor(["tok-123"])
-    for text in ['/p/tok-123?x=1', 'quote " and \\ back', "caf\u00e9 \udce9", "", "GET"]:
+    for text in ["/p/tok-123?x=1", 'quote " and \\ back', "caf\u00e9 \udce9", "", "GET"]:
         out = redact.json(text)
         assert out == json.dumps(redact(text))
         assert "tok-123" not in out
