@@ -181,6 +181,21 @@ async def test_hook_request_handler_has_the_state_the_express_lane_keeps() -> No
     assert "_skip_payload" in vars(ResponseHandler(asyncio.get_running_loop()))
 
 
+def test_hook_request_factory_is_called_as_start_takes_a_request() -> None:
+    """`_between` ends when start() takes the next request itself: GuardedRequestHandler
+    wraps `_request_factory`, which start() calls right after `_messages.popleft()` with no
+    await between (a request the lane took meanwhile would be answered twice); and
+    finish_response returns (response, reset) once the answer is written."""
+    from aiohttp.web_protocol import RequestHandler
+
+    source = inspect.getsource(RequestHandler.start)
+    taken = source.index("self._messages.popleft()")
+    built = source.index("self._request_factory(", taken)
+    assert "await" not in source[taken:built]
+    assert "_request_factory" in RequestHandler.__slots__
+    assert "return resp, reset" in inspect.getsource(RequestHandler._handle_request)
+
+
 async def test_hook_expect_answer_keeps_a_kept_alive_connections_parser() -> None:
     conn = CheckedResponseHandler(asyncio.get_running_loop())
     conn.expect_answer(skip_payload=False)

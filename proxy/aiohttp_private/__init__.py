@@ -30,7 +30,9 @@ Hooks:
   head holding obs-text is written with its bytes as they came (aiohttp's C serializer drops
   them).
 - `RequestHandler.finish_response` (per answer start() writes): overridden to start the head
-  clock of a head that began arriving behind that answer.
+  clock of a head that began arriving behind that answer, and to let the lane take a request
+  that arrives before start() parks again; `_request_factory` (called by start() as it takes
+  a request off `_messages`) is wrapped to end that window.
 - `CheckedResponseHandler.expect_answer` reads `_parser` and `_skip_payload` to keep a
   kept-alive connection's response parser; `whole_body` joins a StreamReader's `_buffer`.
 - `CheckedResponseHandler.feed_data` / `set_exception` (DataQueue): a parsed answer or a

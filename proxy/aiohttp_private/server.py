@@ -45,6 +45,20 @@ class GuardedRequestHandler(RequestHandler):
         #: a request the lane gave back to start(), and the lane's note for the handler
         self._handover: tuple[object, Any] | None = None
         self._given_back: RawRequestMessage | None = None  # the last one, until start() has it
+        #: start() has taken no request yet, or answered one of its own on a kept-alive
+        #: connection, and parks on its next step (nothing queued): requests parsed until
+        #: then are held back (start() would take them) and offered to the lane once it has
+        self._between = True
+        self._held: list[tuple[Any, StreamReader]] = []
+        self._releasing = False
+        factory = self._request_factory
+        if factory is not None:
+
+            def took(*args: Any) -> web.BaseRequest:
+                self._between = False  # start() takes a request itself
+                return factory(*args)
+
+            self._request_factory = took
 
     def refusal(self, status: int, text: str) -> bytes:
         """The whole answer (head and body) sent before the connection is closed."""
@@ -64,11 +78,17 @@ class GuardedRequestHandler(RequestHandler):
     # While it is parked, requests are parsed without waking it; the lane takes the first
     # queued one when it can serve it without a task, and start() is woken for the first one
     # it cannot. Only one request of a connection is ever in progress, lane or start().
+    # After start() has answered a request itself it parks on its next step, a loop turn
+    # later: a request parsed meanwhile would be start()'s to take, so it is held back until
+    # then (`_between`), or a fast client would stay on start() request after request.
 
     def _parse(self, data: bytes) -> None:
         waiter = self._waiter
         if self.express is None or waiter is None or waiter.done():
+            hold = waiter is None and self._between and not self._messages
             super().data_received(data)
+            if hold and self._messages and self.express is not None:
+                self._hold()
             return
         self._waiter = None  # parse without waking start(): the lane may take the request
         try:
@@ -77,13 +97,41 @@ class GuardedRequestHandler(RequestHandler):
             self._waiter = waiter
         self._dispatch()
 
+    def _hold(self) -> None:
+        """What start() would take before it parks, held back until it has (start()'s next
+        step is already scheduled: `_release`, scheduled after it, runs once it is done)."""
+        self._held.extend(self._messages)
+        self._messages.clear()
+        if not self._releasing:
+            self._releasing = True
+            self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._releasing = False
+        if not self._held:
+            return
+        if self._force_close or self._close or self.transport is None:
+            self._held = []  # start() ended the connection: dropped, as aiohttp drops them
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._dispatch()  # start() parked: to the lane, or start() woken for them
+        else:  # (not expected: start() took nothing and parks first) start() takes them
+            self._messages.extendleft(reversed(self._held))
+            self._held = []
+
     def _dispatch(self) -> None:
         """The first queued request to the lane, or start() woken for it."""
-        if not self._messages or self._express_busy:
+        if self._express_busy:
             return
         waiter = self._waiter
         if waiter is None or waiter.done() or self._force_close or self._close:
             return  # start() is busy, or woken, or the connection is closing
+        if self._held:  # start() has parked: what was held back before it did comes first
+            self._messages.extendleft(reversed(self._held))
+            self._held = []
+        if not self._messages:
+            return
         message, payload = self._messages[0]
         express = self.express
         if (
@@ -180,8 +228,9 @@ class GuardedRequestHandler(RequestHandler):
         before = self._request_count
         self._parse(data)
         if self._request_count != before:  # the parser has the head (or refused it)
-            if self._messages:
-                self._last_body = self._messages[-1][1]
+            queued = self._messages or self._held
+            if queued:
+                self._last_body = queued[-1][1]
             self._head_done()
         elif self._head_bytes > self.max_head:
             if idle:
@@ -217,9 +266,20 @@ class GuardedRequestHandler(RequestHandler):
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         try:
-            return await super().finish_response(request, resp, start_time)
+            answered = await super().finish_response(request, resp, start_time)
         finally:
             self._clock_a_waiting_head()
+        response, reset = answered
+        if (
+            not reset
+            and response.keep_alive
+            and request.content.is_eof()
+            and not self._upgraded
+            and not self._close
+            and not self._force_close
+        ):
+            self._between = True  # start() parks on its next step unless a request is queued
+        return answered
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -236,7 +296,9 @@ class GuardedRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._head_done()
         start = self._task_handler
+        waiter = self._waiter
         super().connection_lost(exc)
+        self._held = []
         express = self.express
         if express is None:
             return
@@ -253,6 +315,17 @@ class GuardedRequestHandler(RequestHandler):
             note, self._handover = self._handover, None
             if note is not None:
                 express.abandoned(note[1])
+        elif (
+            waiter is not None
+            and waiter.done()
+            and not waiter.cancelled()
+            and start is not None
+            and self._messages
+        ):
+            # start() was woken for a request (one the lane declined) in this same loop turn:
+            # it would take it from a torn-down protocol; nobody is left to answer
+            self._messages.clear()
+            start.cancel()
 
 
 def handover_note(request: web.BaseRequest) -> Any:
