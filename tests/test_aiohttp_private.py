@@ -299,6 +299,9 @@ async def test_hook_express_take_finish_and_give_back_around_a_parked_start() ->
         def client_lost(self, protocol: GuardedRequestHandler) -> None:
             pass
 
+        def flush(self) -> None:
+            pass
+
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text=f"{request.path} {handover_note(request)}")
 

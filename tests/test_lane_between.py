@@ -52,6 +52,9 @@ class Express:
     def client_lost(self, protocol: GuardedRequestHandler) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 Inject = Callable[[GuardedRequestHandler], None]
 

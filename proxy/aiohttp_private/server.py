@@ -159,6 +159,8 @@ class GuardedRequestHandler(RequestHandler):
         if handler_waiter is not None and not handler_waiter.done():
             handler_waiter.set_result(None)  # shutdown() is waiting for this request
         if not keep_alive or self._close or self._force_close:
+            if self.express is not None:
+                self.express.flush()  # the lane's answer goes out before the connection closes
             self.force_close()
             return
         if self._parser is not None:
@@ -354,6 +356,10 @@ class Express(Protocol):
     def abandoned(self, note: Any) -> None:
         """The client's connection closed before start() took a request the lane gave back
         with `note`."""
+        ...
+
+    def flush(self) -> None:
+        """Write what the lane holds back until the end of the loop turn, now."""
         ...
 
 

@@ -1,6 +1,7 @@
 """The express lane (a package: take.py takes a request and sends it, trip.py answers it or
-gives it back): the usual request served with no task, no request or response object
-and no coroutine (issue 16: CPU per request).
+gives it back, writes.py sends what both write once per loop turn): the usual request
+served with no task, no request or response object and no coroutine (issue 16: CPU per
+request).
 
 Most requests through keyhop are the same: a bodyless GET (or DELETE, OPTIONS) on a route
 whose credential is in memory, answered by the upstream with a small body of known length

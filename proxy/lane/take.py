@@ -16,6 +16,7 @@ from proxy.gate import client_key_ok
 from proxy.handover import Handover
 from proxy.headers import clean_request_headers
 from proxy.lane.trip import Trip
+from proxy.lane.writes import Writes
 from proxy.runtime import Keyhop
 from proxy.tenants import pick_tenant
 from proxy.tokens import Credential
@@ -43,6 +44,9 @@ class Lane:
         self.trips: dict[GuardedRequestHandler, Trip] = {}  # in progress, by connection
         self.settling: set[asyncio.Future[None]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
+        self.writes = Writes(
+            lambda: kh.deadlines.loop or asyncio.get_running_loop(), self.watch_unread
+        )
 
     def _sweep(self) -> None:
         """The read timeout of every request in progress, checked every TICK (as the
@@ -146,7 +150,7 @@ class Lane:
             self._sweeping = loop.call_later(TICK, self._sweep)
         conn.expect_answer(skip_payload=False)
         conn.listener = trip
-        transport.write(head)
+        self.writes.write(transport, head)
         return True
 
     def client_lost(self, protocol: GuardedRequestHandler) -> None:
@@ -156,6 +160,9 @@ class Lane:
 
     def abandoned(self, note: Handover) -> None:
         note.abandon()
+
+    def flush(self) -> None:
+        self.writes.flush()
 
     def cut(self) -> int:
         """The drain ran out of time: every request still on the lane is cut, and logged

@@ -27,6 +27,7 @@ from proxy.exchange import settle
 from proxy.handover import Handover
 from proxy.headers import all_ascii, clean_response_headers, serialize_obs_text
 from proxy.http1 import BadUpstreamAnswer, plain_answer
+from proxy.lane.writes import Writes
 from proxy.origin import Origin
 from proxy.relay import SMALL_BODY
 from proxy.routing import Route
@@ -45,6 +46,8 @@ class Lane(Protocol):
     kh: Keyhop
     trips: dict[GuardedRequestHandler, Trip]
     settling: set[asyncio.Future[None]]  # settle() tasks, held until done
+
+    writes: Writes
 
     def watch_unread(self, protocol: GuardedRequestHandler) -> None: ...
 
@@ -190,12 +193,14 @@ class Trip:
         if self.gone or transport is None:
             self._finish(499, upstream_ms, aborted=True)
             return
-        if length < 16384:
-            transport.write(b"".join(parts))  # one segment; a copy is cheap here
+        writes = self.lane.writes
+        if length < 16384:  # one segment (a copy is cheap here), at the end of the loop turn
+            writes.write(transport, b"".join(parts), self.protocol)
         else:
+            writes.flush()  # (what is held goes first)
             transport.writelines(parts)
-        if self.protocol.writing_paused:
-            self.lane.watch_unread(self.protocol)
+            if self.protocol.writing_paused:
+                self.lane.watch_unread(self.protocol)
         self.lane.kh.metrics.express_served += 1
         self._finish(code, upstream_ms)
 
