@@ -57,27 +57,24 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if self._pattern is None:
             return text
-        memo = self._memo
-        done = memo.get(text)
+        done = self._memo.get(text)
         if done is None:
-            done = self._pattern.sub("***", text)
-            if len(text) <= self.MEMO_TEXT:
-                if len(memo) >= self.MEMO_SIZE:
-                    memo.clear()
-                memo[text] = done
+            done = self._remember(self._memo, text, self._pattern.sub("***", text))
         return done
 
     def json(self, text: str) -> str:
         """The text redacted, as a JSON string (the access log's method, path and tenant),
         memoized as __call__ is."""
-        memo = self._json
-        done = memo.get(text)
+        done = self._json.get(text)
         if done is None:
-            done = _json_str(self(text))
-            if len(text) <= self.MEMO_TEXT:
-                if len(memo) >= self.MEMO_SIZE:
-                    memo.clear()
-                memo[text] = done
+            done = self._remember(self._json, text, _json_str(self(text)))
+        return done
+
+    def _remember(self, memo: dict[str, str], text: str, done: str) -> str:
+        if len(text) <= self.MEMO_TEXT:
+            if len(memo) >= self.MEMO_SIZE:
+                memo.clear()
+            memo[text] = done
         return done
 
 

@@ -85,9 +85,10 @@ class GuardedRequestHandler(RequestHandler):
     def _parse(self, data: bytes) -> None:
         waiter = self._waiter
         if self.express is None or waiter is None or waiter.done():
-            hold = waiter is None and self._between and not self._messages
+            hold = self.express is not None and waiter is None and self._between
+            hold = hold and not self._messages
             super().data_received(data)
-            if hold and self._messages and self.express is not None:
+            if hold and self._messages:
                 self._hold()
             return
         self._waiter = None  # parse without waking start(): the lane may take the request
@@ -113,12 +114,13 @@ class GuardedRequestHandler(RequestHandler):
         if self._force_close or self._close or self.transport is None:
             self._held = []  # start() ended the connection: dropped, as aiohttp drops them
             return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            self._dispatch()  # start() parked: to the lane, or start() woken for them
-        else:  # (not expected: start() took nothing and parks first) start() takes them
-            self._messages.extendleft(reversed(self._held))
-            self._held = []
+        self._unhold()
+        self._dispatch()  # start() parked: to the lane, or start() woken for them
+
+    def _unhold(self) -> None:
+        """What was held back goes first (ahead of anything parsed since)."""
+        self._messages.extendleft(reversed(self._held))
+        self._held = []
 
     def _dispatch(self) -> None:
         """The first queued request to the lane, or start() woken for it."""
@@ -128,8 +130,7 @@ class GuardedRequestHandler(RequestHandler):
         if waiter is None or waiter.done() or self._force_close or self._close:
             return  # start() is busy, or woken, or the connection is closing
         if self._held:  # start() has parked: what was held back before it did comes first
-            self._messages.extendleft(reversed(self._held))
-            self._held = []
+            self._unhold()
         if not self._messages:
             return
         message, payload = self._messages[0]

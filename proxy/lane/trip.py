@@ -49,8 +49,6 @@ class Lane(Protocol):
 
     writes: Writes
 
-    def watch_unread(self, protocol: GuardedRequestHandler) -> None: ...
-
 
 class Trip:
     """One request on the lane, from its head to its answer."""
@@ -193,14 +191,10 @@ class Trip:
         if self.gone or transport is None:
             self._finish(499, upstream_ms, aborted=True)
             return
-        writes = self.lane.writes
         if length < 16384:  # one segment (a copy is cheap here), at the end of the loop turn
-            writes.write(transport, b"".join(parts), self.protocol)
+            self.lane.writes.write(transport, b"".join(parts), self.protocol)
         else:
-            writes.flush()  # (what is held goes first)
-            transport.writelines(parts)
-            if self.protocol.writing_paused:
-                self.lane.watch_unread(self.protocol)
+            self.lane.writes.write_now(transport, parts, self.protocol)
         self.lane.kh.metrics.express_served += 1
         self._finish(code, upstream_ms)
 

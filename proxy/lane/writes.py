@@ -47,6 +47,18 @@ class Writes:
             self._scheduled = True
             self._loop().call_soon(self.flush)
 
+    def write_now(
+        self,
+        transport: asyncio.Transport,
+        parts: tuple[bytes | memoryview, ...],
+        client: GuardedRequestHandler,
+    ) -> None:
+        """`parts` on `transport` now, after everything held (a large answer: no copy)."""
+        self.flush()
+        transport.writelines(parts)
+        if client.writing_paused:
+            self._unread(client)
+
     def flush(self) -> None:
         """Everything held, written now, in order (a closed transport's part is dropped, as
         its write would be)."""
